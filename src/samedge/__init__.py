@@ -1,0 +1,16 @@
+"""samedge: sharpness-aware minimization and the edge of stability, measured exactly."""
+from .edge import gd_edge, sam_edge, unnormalized_sam_edge
+from .hessian import (
+    EigenResult,
+    FiniteDifferenceHessianOperator,
+    HessianOperator,
+    Sharpness,
+    dense_hessian,
+    lanczos,
+    power_iteration,
+    sharpness,
+)
+from .sam import SAM, SAMStep, ascent_point, sam_step
+from .vectors import alignment, flatten, unflatten
+
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+"""Stability edges of GD and SAM on a local quadratic model.
+
+Along an eigen-direction with curvature ``lam`` the updates multiply the coordinate by
+``1 - eta*lam*c`` with ``c = 1`` for GD, ``c = 1 + rho*lam/||g||`` for normalized SAM and
+``c = 1 + rho*lam`` for unnormalized SAM; the step is stable iff ``eta*lam*c <= 2``.
+Each edge is the positive root of that quadratic in ``lam``. We use the rationalized root
+``(4/eta) / (1 + sqrt(1 + 8 rho/(eta ||g||)))``, algebraically equal to the paper's
+``(||g||/(2 rho)) (sqrt(1 + 8 rho/(eta ||g||)) - 1)`` but free of 0/0 at rho = 0 and
+of cancellation when rho/||g|| is small.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+Number = Union[float, int, np.ndarray, torch.Tensor]
+
+__all__ = ["gd_edge", "sam_edge", "unnormalized_sam_edge"]
+
+
+def _check(name: str, value: Number, *, positive: bool = False, nonnegative: bool = False) -> None:
+    """Raise ValueError naming ``name`` if ``value`` is non-finite or out of range."""
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and not np.all(arr > 0):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonnegative and not np.all(arr >= 0):
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _root(eta: Number, rho: Number, scale: Number) -> Number:
+    """Positive root of ``(rho/scale) lam^2 + lam - 2/eta = 0`` with the limits handled."""
+    if any(isinstance(x, torch.Tensor) for x in (eta, rho, scale)):
+        ref = next(x for x in (eta, rho, scale) if isinstance(x, torch.Tensor))
+        dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+        eta, rho, scale = (torch.as_tensor(x, dtype=dtype, device=ref.device) for x in (eta, rho, scale))
+        # t = 8 rho / (eta * scale): 0 when rho = 0 (GD), +inf when scale = 0 < rho.
+        t = torch.where(rho == 0, torch.zeros_like(rho * scale), 8 * rho / (eta * scale))
+        return (4 / eta) / (1 + torch.sqrt(1 + t))
+    scalar = all(np.ndim(x) == 0 for x in (eta, rho, scale))
+    eta, rho, scale = (np.asarray(x, dtype=float) for x in (eta, rho, scale))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(rho == 0, 0.0, 8 * rho / (eta * scale))
+    out = (4 / eta) / (1 + np.sqrt(1 + t))
+    return float(out) if scalar else out
+
+
+def gd_edge(eta: Number) -> Number:
+    """The edge of stability of gradient descent, 2/eta."""
+    _check("eta", eta, positive=True)
+    if isinstance(eta, torch.Tensor):
+        return 2 / eta
+    return 2 / float(eta) if np.ndim(eta) == 0 else 2 / np.asarray(eta, dtype=float)
+
+
+def sam_edge(eta: Number, rho: Number, grad_norm: Number) -> Number:
+    """The SAM-edge of normalized SAM: largest stable curvature given ||grad L(w)||."""
+    _check("eta", eta, positive=True)
+    _check("rho", rho, nonnegative=True)
+    _check("grad_norm", grad_norm, nonnegative=True)
+    return _root(eta, rho, grad_norm)
+
+
+def unnormalized_sam_edge(eta: Number, rho: Number) -> Number:
+    """The edge of unnormalized SAM (w - eta grad L(w + rho g)): root of eta lam (1 + rho lam) = 2."""
+    _check("eta", eta, positive=True)
+    _check("rho", rho, nonnegative=True)
+    return _root(eta, rho, 1.0)

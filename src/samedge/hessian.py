@@ -1,0 +1,314 @@
+"""Exact Hessian-vector products and the top of the Hessian spectrum.
+
+A *loss closure* maps a parameter dict to a scalar (it closes over the model, its buffers and
+the batch). ``HessianOperator`` turns it into an exact HVP ``v -> H v`` on flat vectors, by
+double backward through a retained gradient graph or by forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad``). ``lanczos`` (full reorthogonalization) and
+``power_iteration`` find the top eigenpairs; ``sharpness`` is the measurement the experiments
+record: lambda_max, lambda_min, the operator norm max|lambda| and the top eigenvector.
+
+BatchNorm: the operator differentiates the closure as written. A module in train mode uses
+batch statistics, so the Hessian is that of the train-mode loss (statistics differentiated
+through) and every HVP call also updates the running-statistics buffers as a side effect;
+put such models in ``eval()`` mode (running statistics, a per-example loss) before measuring.
+LayerNorm has no running state and needs nothing special.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+from torch.func import grad as func_grad
+from torch.func import jvp
+
+from .vectors import Params, flatten, unflatten
+
+LossFn = Callable[[Params], torch.Tensor]
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+HVPMethod = Literal["double_backward", "forward_over_reverse"]
+
+__all__ = [
+    "HessianOperator",
+    "FiniteDifferenceHessianOperator",
+    "EigenResult",
+    "Sharpness",
+    "lanczos",
+    "power_iteration",
+    "sharpness",
+    "dense_hessian",
+]
+
+
+class HessianOperator:
+    """Exact HVPs of a loss closure (or a size-weighted sum of closures) at fixed parameters."""
+
+    def __init__(
+        self,
+        loss_fns: LossFn | Sequence[LossFn],
+        params: Params,
+        method: HVPMethod = "double_backward",
+        weights: Optional[Sequence[float]] = None,
+    ):
+        if method not in ("double_backward", "forward_over_reverse"):
+            raise ValueError(f"method must be 'double_backward' or 'forward_over_reverse', got {method!r}")
+        self.single = callable(loss_fns)
+        self.loss_fns = [loss_fns] if self.single else list(loss_fns)
+        if not self.loss_fns:
+            raise ValueError("loss_fns is empty: give at least one loss closure")
+        if weights is None:
+            weights = [1.0 / len(self.loss_fns)] * len(self.loss_fns)
+        if len(weights) != len(self.loss_fns):
+            raise ValueError(f"{len(weights)} weights for {len(self.loss_fns)} loss closures")
+        self.weights = [float(w) for w in weights]
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.method = method
+        self.size = sum(v.numel() for v in self.params.values())
+        first = next(iter(self.params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self.calls = 0
+        self._graph = None  # (leaf params, grads with graph), kept for a single closure
+
+    @classmethod
+    def from_batches(
+        cls, make_loss: Callable[[object], LossFn], batches: Sequence, params: Params, method: HVPMethod = "double_backward"
+    ) -> "HessianOperator":
+        """HVP of the dataset loss from batches, each weighted by its size (len of its first tensor)."""
+        sizes = [len(b[0]) for b in batches]
+        total = float(sum(sizes))
+        return cls([make_loss(b) for b in batches], params, method, [s / total for s in sizes])
+
+    def _double_backward(self, fn: LossFn, v: Params, retain: bool) -> Params:
+        if retain and self._graph is not None:
+            leaves, grads = self._graph
+        else:
+            leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
+            with torch.enable_grad():
+                grads = torch.autograd.grad(fn(leaves), list(leaves.values()), create_graph=True)
+            if retain:
+                self._graph = (leaves, grads)
+        hv = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=list(v.values()), retain_graph=retain)
+        return dict(zip(leaves.keys(), hv))
+
+    def hvp(self, v: Params) -> Params:
+        """Exact Hessian-vector product on parameter dicts."""
+        self.calls += 1
+        total: Optional[Params] = None
+        for fn, w in zip(self.loss_fns, self.weights):
+            if self.method == "double_backward":
+                hv = self._double_backward(fn, v, retain=self.single)
+            else:
+                hv = jvp(func_grad(fn), (self.params,), (v,))[1]
+            hv = {k: t.detach() for k, t in hv.items()}
+            if not self.single:
+                hv = {k: w * t for k, t in hv.items()}
+            total = hv if total is None else {k: total[k] + hv[k] for k in total}
+        return total  # type: ignore[return-value]
+
+    def __call__(self, vec: torch.Tensor) -> torch.Tensor:
+        """Exact Hessian-vector product on flat vectors."""
+        return flatten(self.hvp(unflatten(vec.to(self.dtype), self.params)))
+
+    def release(self) -> None:
+        """Free the retained gradient graph."""
+        self._graph = None
+
+
+class FiniteDifferenceHessianOperator:
+    """The authors' approximate HVP: (grad L(w + eps v) - grad L(w - eps v)) / (2 eps), v of unit norm."""
+
+    def __init__(self, loss_fn: LossFn, params: Params, eps: float = 1e-3):
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.grad = func_grad(loss_fn)
+        self.eps = eps
+        self.size = sum(v.numel() for v in self.params.values())
+        first = next(iter(self.params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self.calls = 0
+
+    def __call__(self, vec: torch.Tensor) -> torch.Tensor:
+        """Central-difference approximation of H vec (two gradients)."""
+        self.calls += 1
+        n = torch.linalg.vector_norm(vec)
+        if n == 0:
+            return torch.zeros_like(vec)
+        v = unflatten(vec.to(self.dtype) / n, self.params)
+        plus = self.grad({k: self.params[k] + self.eps * v[k] for k in v})
+        minus = self.grad({k: self.params[k] - self.eps * v[k] for k in v})
+        return n * (flatten(plus) - flatten(minus)) / (2 * self.eps)
+
+
+@dataclass
+class EigenResult:
+    """Eigenpairs found by an iterative method, with its cost and convergence."""
+
+    eigenvalues: torch.Tensor  # (k,), in the order requested (descending for "LA", by |.| for "LM")
+    eigenvectors: torch.Tensor  # (k, n), unit norm, flat
+    num_hvps: int
+    converged: bool
+    residuals: torch.Tensor  # (k,) ||H x - theta x|| for each returned pair
+    ritz_range: tuple  # (smallest, largest) Ritz value of the final Krylov space (Lanczos)
+
+
+def _start_vector(n: int, v0: Optional[torch.Tensor], dtype, device, seed: int) -> torch.Tensor:
+    if v0 is not None:
+        v = v0.reshape(-1).to(dtype=dtype, device=device).clone()
+        if v.numel() != n:
+            raise ValueError(f"v0 has {v.numel()} entries, the operator acts on {n}")
+        nv = torch.linalg.vector_norm(v)
+        if nv > 0 and torch.isfinite(nv):
+            return v / nv
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    return v / torch.linalg.vector_norm(v)
+
+
+def _select(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    if which == "LA":
+        return torch.argsort(theta, descending=True)[:k]
+    if which == "SA":
+        return torch.argsort(theta)[:k]
+    if which == "LM":
+        return torch.argsort(theta.abs(), descending=True)[:k]
+    if which == "BE":  # both ends: the largest and the smallest
+        return torch.stack([torch.argmax(theta), torch.argmin(theta)])
+    raise ValueError(f"which must be 'LA', 'SA', 'LM' or 'BE', got {which!r}")
+
+
+def lanczos(
+    matvec: Matvec,
+    size: int,
+    k: int = 1,
+    which: str = "LA",
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    v0: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> EigenResult:
+    """Top-k eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
+
+    Converged when every requested Ritz pair has residual ``|beta_m s_mi| <= tol * scale`` with
+    scale = |theta_i| (or max |theta| for ``which="BE"``, where the smallest end matters only
+    relative to the operator norm). ``v0`` warm-starts (e.g. the previous top eigenvector).
+    """
+    if k < 1 or (which == "BE" and k != 2):
+        raise ValueError(f"k must be >= 1 (and 2 for which='BE'), got {k}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    max_iter = min(max_iter, size)
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    q = _start_vector(size, v0, dtype, device, seed)
+    Q = torch.empty(max_iter, size, dtype=dtype, device=device)
+    alphas, betas = [], []
+    converged, beta = False, None
+    for j in range(max_iter):
+        Q[j] = q
+        w = matvec(q).to(dtype)
+        alpha = torch.dot(w, q)
+        w = w - alpha * q - (betas[-1] * Q[j - 1] if j > 0 else 0)
+        # Full reorthogonalization, twice ("twice is enough") against round-off drift.
+        for _ in range(2):
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = torch.linalg.vector_norm(w)
+        alphas.append(alpha)
+        T = torch.diag(torch.stack(alphas).double())
+        if j > 0:
+            off = torch.stack(betas).double()
+            T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        theta, S = torch.linalg.eigh(T)
+        idx = _select(theta, min(k, j + 1) if which != "BE" else 2, which)
+        res = (beta.double() * S[-1, idx]).abs()
+        scale = theta.abs().max() if which == "BE" else theta[idx].abs()
+        breakdown = bool(beta <= 1e-10 * max(theta.abs().max().item(), 1e-30))
+        enough = j + 1 >= (k if which != "BE" else 2) or breakdown
+        if enough and (breakdown or bool(torch.all(res <= tol * scale))):
+            converged = True
+            break
+        if j + 1 < max_iter:
+            betas.append(beta)
+            q = w / beta
+    m = len(alphas)
+    vecs = (S[:, idx].T.to(dtype) @ Q[:m])
+    vecs = vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
+    return EigenResult(theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()))
+
+
+def power_iteration(
+    matvec: Matvec,
+    size: int,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    v0: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> EigenResult:
+    """The eigenvalue of largest magnitude by power iteration (the paper's method).
+
+    The estimate is the Rayleigh quotient v^T H v; stops when it changes by at most
+    ``tol`` relative, as in the authors' code. Converges to max |lambda| with its sign.
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    v = _start_vector(size, v0, dtype, device, seed)
+    hv = matvec(v).to(dtype)
+    lam = torch.dot(v, hv)
+    converged, n = False, 1
+    while n < max_iter:
+        nv = torch.linalg.vector_norm(hv)
+        if nv == 0:
+            converged = True
+            break
+        v = hv / nv
+        hv = matvec(v).to(dtype)
+        n += 1
+        new = torch.dot(v, hv)
+        done = bool((new - lam).abs() <= tol * new.abs())
+        lam = new
+        if done:
+            converged = True
+            break
+    res = torch.linalg.vector_norm(hv - lam * v).double().reshape(1)
+    return EigenResult(lam.reshape(1), v.reshape(1, -1), n, converged, res, (float("nan"), float("nan")))
+
+
+@dataclass
+class Sharpness:
+    """The curvature summary the experiments record at one point."""
+
+    lambda_max: float
+    lambda_min: float
+    op_norm: float  # max(|lambda_max|, |lambda_min|)
+    eigenvector: torch.Tensor  # flat unit top eigenvector (for lambda_max), for warm starts
+    num_hvps: int
+    converged: bool
+
+
+def sharpness(
+    op: Callable[[torch.Tensor], torch.Tensor],
+    v0: Optional[torch.Tensor] = None,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> Sharpness:
+    """lambda_max, lambda_min and ||H||_op of ``op`` (a HessianOperator) by one Lanczos run."""
+    r = lanczos(op, op.size, k=2, which="BE", tol=tol, max_iter=max_iter, v0=v0, dtype=op.dtype, device=op.device, seed=seed)
+    lmax, lmin = float(r.eigenvalues[0]), float(r.eigenvalues[1])
+    return Sharpness(lmax, lmin, max(abs(lmax), abs(lmin)), r.eigenvectors[0], r.num_hvps, r.converged)
+
+
+def dense_hessian(loss_fn: LossFn, params: Params) -> torch.Tensor:
+    """The full Hessian as an (n, n) matrix (for tests and tiny models only)."""
+    keys = list(params)
+    flat = flatten({k: params[k].detach() for k in keys})
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return loss_fn(unflatten(x, params))
+
+    return torch.autograd.functional.hessian(f, flat)

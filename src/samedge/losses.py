@@ -1,0 +1,55 @@
+"""The losses of the paper's three tasks, and the loss closures the library differentiates.
+
+Squared loss convention (the authors'): mean over examples *and* classes,
+    L = (1/(n C)) sum_i sum_c (f_c(x_i) - y_ic)^2.
+Cohen et al. (2021) use 0.5 * sum over classes, mean over examples: L_Cohen = (C/2) L,
+so with C = 10 classes their Hessian, and every sharpness they plot, is 5x ours.
+The edges 2/eta and the SAM-edge are drawn for *this* loss throughout the book.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .vectors import Params
+
+__all__ = ["squared_loss", "masked_cross_entropy", "module_loss", "parameters_of", "COHEN_FACTOR"]
+
+
+def COHEN_FACTOR(num_classes: int) -> float:
+    """Factor by which Cohen et al.'s 0.5*sum-over-classes loss (and Hessian) exceeds ours."""
+    return num_classes / 2
+
+
+def squared_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over examples and classes; ``targets`` one-hot like ``outputs``."""
+    if outputs.shape != targets.shape:
+        raise ValueError(f"outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ in shape")
+    return ((outputs - targets) ** 2).mean()
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions whose target is not ``pad``."""
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    mask = (targets.reshape(-1) != pad).to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp_min(1)
+
+
+def parameters_of(model: torch.nn.Module) -> Params:
+    """A detached copy of a module's parameters as a dict (the state SAM updates)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def module_loss(
+    model: torch.nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
+) -> Callable[[Params], torch.Tensor]:
+    """The loss closure params -> loss(model_params(inputs), targets) on one fixed batch."""
+    buffers = dict(model.named_buffers())
+
+    def loss_fn(params: Params) -> torch.Tensor:
+        return loss(functional_call(model, {**params, **buffers}, (inputs,)), targets)
+
+    return loss_fn

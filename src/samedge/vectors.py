@@ -1,0 +1,55 @@
+"""Parameter-shaped vectors: dicts of tensors, their flat views, inner products and alignment."""
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+
+Params = Dict[str, torch.Tensor]
+
+__all__ = ["Params", "flatten", "unflatten", "dot", "norm", "alignment", "add_scaled"]
+
+
+def flatten(tree: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Concatenate the tensors of a parameter dict (in its key order) into one 1-D tensor."""
+    return torch.cat([t.reshape(-1) for t in tree.values()])
+
+
+def unflatten(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
+    """Split a flat vector into a dict shaped like ``like`` (views into ``vec``)."""
+    out, i = {}, 0
+    for k, t in like.items():
+        n = t.numel()
+        out[k] = vec[i : i + n].view_as(t)
+        i += n
+    if i != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} entries, parameters have {i}")
+    return out
+
+
+def _flat(x: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1) if isinstance(x, torch.Tensor) else flatten(x)
+
+
+def dot(u: Mapping[str, torch.Tensor] | torch.Tensor, v: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Euclidean inner product of two parameter-shaped vectors (dicts or flat tensors)."""
+    return torch.dot(_flat(u), _flat(v))
+
+
+def norm(u: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of a parameter-shaped vector, over all its tensors together."""
+    return torch.linalg.vector_norm(_flat(u))
+
+
+def alignment(u: Mapping[str, torch.Tensor] | torch.Tensor, v: Mapping[str, torch.Tensor] | torch.Tensor) -> float:
+    """|cos| of the angle between two parameter-shaped vectors (0 if either is zero)."""
+    fu, fv = _flat(u), _flat(v)
+    denom = torch.linalg.vector_norm(fu) * torch.linalg.vector_norm(fv)
+    if denom == 0:
+        return 0.0
+    return float(torch.abs(torch.dot(fu, fv)) / denom)
+
+
+def add_scaled(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], scale: float | torch.Tensor) -> Params:
+    """Return ``a + scale * b`` key by key."""
+    return {k: a[k] + scale * b[k] for k in a}
