@@ -85,11 +85,18 @@ class HessianOperator:
         else:
             leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
             with torch.enable_grad():
-                grads = torch.autograd.grad(fn(leaves), list(leaves.values()), create_graph=True)
+                grads = torch.autograd.grad(fn(leaves), list(leaves.values()), create_graph=True, allow_unused=True)
             if retain:
                 self._graph = (leaves, grads)
-        hv = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=list(v.values()), retain_graph=retain)
-        return dict(zip(leaves.keys(), hv))
+        # A parameter that is unused or enters the loss linearly has a gradient without a graph
+        # (or none): its Hessian row is zero, so it is left out of the second backward.
+        pairs = [(g, u) for g, u in zip(grads, v.values()) if g is not None and g.requires_grad]
+        hv = (
+            torch.autograd.grad([g for g, _ in pairs], list(leaves.values()), grad_outputs=[u for _, u in pairs],
+                                retain_graph=retain, allow_unused=True)
+            if pairs else [None] * len(leaves)
+        )
+        return {k: torch.zeros_like(p) if h is None else h for (k, p), h in zip(leaves.items(), hv)}
 
     def hvp(self, v: Params) -> Params:
         """Exact Hessian-vector product on parameter dicts."""
@@ -226,13 +233,22 @@ def lanczos(
         res = (beta.double() * S[-1, idx]).abs()
         scale = theta.abs().max() if which == "BE" else theta[idx].abs()
         breakdown = bool(beta <= 1e-10 * max(theta.abs().max().item(), 1e-30))
-        enough = j + 1 >= (k if which != "BE" else 2) or breakdown
+        enough = j + 1 >= (k if which != "BE" else 2)
         if enough and (breakdown or bool(torch.all(res <= tol * scale))):
             converged = True
             break
         if j + 1 < max_iter:
+            if breakdown:
+                # Invariant subspace (e.g. v0 an exact eigenvector) before enough Ritz pairs exist:
+                # continue from a random vector orthogonal to it, as ARPACK does (T block-diagonal).
+                w = _start_vector(size, None, dtype, device, seed + j + 1)
+                for _ in range(2):
+                    w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+                beta = torch.zeros_like(beta)
+                q = w / torch.linalg.vector_norm(w)
+            else:
+                q = w / beta
             betas.append(beta)
-            q = w / beta
     m = len(alphas)
     vecs = (S[:, idx].T.to(dtype) @ Q[:m])
     vecs = vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
@@ -282,10 +298,10 @@ def power_iteration(
 class Sharpness:
     """The curvature summary the experiments record at one point."""
 
-    lambda_max: float
-    lambda_min: float
-    op_norm: float  # max(|lambda_max|, |lambda_min|)
-    eigenvector: torch.Tensor  # flat unit top eigenvector (for lambda_max), for warm starts
+    op_norm: float  # ||H||_op = max |lambda|, converged to tol
+    lambda_max: float  # largest Ritz value (equals op_norm when the top of the spectrum dominates)
+    lambda_min: float  # smallest Ritz value: an upper bound on the true lambda_min, not converged
+    eigenvector: torch.Tensor  # flat unit eigenvector of the largest-|lambda| Ritz pair, for warm starts
     num_hvps: int
     converged: bool
 
@@ -297,10 +313,14 @@ def sharpness(
     max_iter: int = 100,
     seed: int = 0,
 ) -> Sharpness:
-    """lambda_max, lambda_min and ||H||_op of ``op`` (a HessianOperator) by one Lanczos run."""
-    r = lanczos(op, op.size, k=2, which="BE", tol=tol, max_iter=max_iter, v0=v0, dtype=op.dtype, device=op.device, seed=seed)
-    lmax, lmin = float(r.eigenvalues[0]), float(r.eigenvalues[1])
-    return Sharpness(lmax, lmin, max(abs(lmax), abs(lmin)), r.eigenvectors[0], r.num_hvps, r.converged)
+    """||H||_op (and the Ritz range) of ``op`` (a HessianOperator) by one Lanczos run.
+
+    Lanczos stops once the largest-magnitude Ritz pair has relative residual <= ``tol``;
+    warm-starting ``v0`` from the previous eigenvector makes that a handful of HVPs.
+    """
+    r = lanczos(op, op.size, k=1, which="LM", tol=tol, max_iter=max_iter, v0=v0, dtype=op.dtype, device=op.device, seed=seed)
+    lo, hi = r.ritz_range
+    return Sharpness(abs(float(r.eigenvalues[0])), hi, lo, r.eigenvectors[0], r.num_hvps, r.converged)
 
 
 def dense_hessian(loss_fn: LossFn, params: Params) -> torch.Tensor:

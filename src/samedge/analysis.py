@@ -1,0 +1,67 @@
+"""Tables and sentences computed from run records (never typed by hand)."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import pandas as pd
+
+from .record import RunRecord
+
+__all__ = ["ratio_table", "interpret_ratios", "run_label"]
+
+
+def run_label(rec: RunRecord) -> str:
+    """'GD' or 'SAM rho=0.05' (with 'unnormalized' when so)."""
+    c = rec.config
+    if c.rho == 0:
+        return "GD"
+    return f"{'SAM' if c.normalize else 'unnormalized SAM'} rho={c.rho:g}"
+
+
+def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataFrame:
+    """Per run: median sharpness/SAM-edge over the second half of training, and context."""
+    rows = []
+    for r in records:
+        df = r.frame
+        half = df[df["step"] >= r.config.steps / 2] if not df.empty else df
+        rows.append({
+            "run": run_label(r),
+            "rho": r.config.rho,
+            "eta": r.config.eta,
+            "2/eta": 2 / r.config.eta,
+            "median ||H|| (2nd half)": float(half["op_norm"].median()) if len(half) else float("nan"),
+            "median SAM-edge (2nd half)": float(half["sam_edge"].median()) if len(half) else float("nan"),
+            "median ratio (2nd half)": r.median_ratio(column),
+            "final train loss": float(df["train_loss"].iloc[-1]) if len(df) else float("nan"),
+            "test loss": r.summary.get("test_loss", float("nan")),
+            "test accuracy": r.summary.get("test_accuracy", float("nan")),
+            "diverged": r.diverged,
+        })
+    return pd.DataFrame(rows)
+
+
+def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15)) -> str:
+    """One sentence saying, from the numbers, how closely sharpness tracked its edge."""
+    lo, hi = band
+    parts: List[str] = []
+    sam = table[table["rho"] > 0]
+    gd = table[table["rho"] == 0]
+    if len(sam):
+        inside = sam[(sam["median ratio (2nd half)"] >= lo) & (sam["median ratio (2nd half)"] <= hi)]
+        rng = (sam["median ratio (2nd half)"].min(), sam["median ratio (2nd half)"].max())
+        parts.append(
+            f"For {len(inside)} of {len(sam)} SAM runs the median of ||H||/SAM-edge over the second half of training "
+            f"lies in [{lo:g}, {hi:g}] (range {rng[0]:.3f} to {rng[1]:.3f})"
+            + (", so the operator norm of the Hessian tracks the SAM-edge, not 2/eta" if len(inside) == len(sam) else
+               "; where it falls outside, the sharpness did not settle at the SAM-edge in this run")
+        )
+    if len(gd):
+        g = gd.iloc[0]
+        ratio_gd = g["median ||H|| (2nd half)"] / g["2/eta"]
+        parts.append(
+            f"GD's sharpness settles at {ratio_gd:.3f} x 2/eta"
+            + (" (the classical edge of stability)" if abs(ratio_gd - 1) <= 0.1 else " (not at the edge of stability in this run)")
+        )
+    if table["diverged"].any():
+        parts.append(f"{int(table['diverged'].sum())} run(s) diverged")
+    return "; ".join(parts) + "."

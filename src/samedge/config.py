@@ -1,0 +1,118 @@
+"""Run configuration: one SAM (or GD) training run with its measurement schedule, validated
+before any compute."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["RunConfig", "ConfigError", "resolve_device"]
+
+
+class ConfigError(ValueError):
+    """A run parameter is invalid; the message names it, its value and what is allowed."""
+
+
+def _positive_int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _finite(name: str, v: Any, lo: float, strict: bool) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo)
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, got {v!r}")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'")
+    return device
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run's record (task options hold the data and model sizes)."""
+
+    task: str
+    eta: float
+    rho: float
+    steps: int
+    measure_every: int
+    seed: int = 0
+    options: dict = field(default_factory=dict)  # task-specific: n_train, width, depth, ...
+    normalize: bool = True  # normalized SAM (the paper's); False: w + rho g
+    batch_size: Optional[int] = None  # None: full batch
+    device: str = "cpu"
+    dtype: str = "float32"
+    hvp_method: str = "double_backward"
+    lanczos_tol: float = 1e-3
+    lanczos_max_iter: int = 100
+    measure_ascent: bool = False  # also measure ||H||_op at the ascent point w~
+    checkpoint_every: Optional[int] = None  # steps between checkpoints; None: ~20 per run
+
+    def __post_init__(self) -> None:
+        _finite("eta", self.eta, 0, strict=True)
+        _finite("rho", self.rho, 0, strict=False)
+        _positive_int("steps", self.steps)
+        _positive_int("measure_every", self.measure_every)
+        if self.measure_every > self.steps:
+            raise ConfigError(f"measure_every must be <= steps ({self.steps}), got {self.measure_every}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        if self.checkpoint_every is not None:
+            _positive_int("checkpoint_every", self.checkpoint_every)
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.hvp_method not in ("double_backward", "forward_over_reverse"):
+            raise ConfigError(f"hvp_method must be 'double_backward' or 'forward_over_reverse', got {self.hvp_method!r}")
+        _finite("lanczos_tol", self.lanczos_tol, 0, strict=True)
+        _positive_int("lanczos_max_iter", self.lanczos_max_iter)
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"options must be a dict, got {self.options!r}")
+        from .tasks import get_task  # the task validates its own options
+
+        try:
+            get_task(self.task).validate(self.options)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of parameters and data."""
+        return getattr(torch, self.dtype)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """Inverse of ``to_dict``; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown run configuration keys {unknown}; allowed: {sorted(names)}")
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """A short hash of the configuration (identifies the run's results directory)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        """Readable, unique directory name for this run."""
+        kind = "gd" if self.rho == 0 else ("sam" if self.normalize else "usam")
+        return f"{self.task}-{kind}-eta{self.eta:g}-rho{self.rho:g}-seed{self.seed}-{self.fingerprint()}"

@@ -1,0 +1,85 @@
+"""Presets (YAML files of notebook parameters) and their resolution into run configurations.
+
+One mechanism for the book, nbval and papermill alike: a notebook's ``preset`` parameter
+defaults to ``None``, meaning the environment variable ``SAMEDGE_PRESET``, else ``cpu``.
+Every other parameter left at ``None`` takes the preset's value; a value given explicitly
+(a notebook cell, ``papermill -p``, or the YAML itself with ``papermill -f``) wins.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .config import ConfigError, RunConfig, resolve_device
+from .tasks import get_task
+
+__all__ = ["PRESETS", "ENV_VAR", "preset_path", "load_preset", "resolve_params", "run_configs"]
+
+ENV_VAR = "SAMEDGE_PRESET"
+PRESETS = ("smoke", "cpu", "paper")
+# Parameters every experiment notebook takes (the task adds its own sizes, e.g. width).
+COMMON = {
+    "preset": None, "eta": None, "rhos": None, "steps": None, "measure_every": None, "seed": 0,
+    "device": "auto", "data_dir": None, "results_dir": None, "batch_size": None, "normalize": True,
+    "measure_ascent": False, "lanczos_tol": 1e-3, "dtype": "float32", "checkpoint_every": None,
+}
+
+
+def preset_path(task: str, name: str) -> Path:
+    """Path of a preset's YAML file (for ``papermill -f``)."""
+    get_task(task)
+    if name not in PRESETS:
+        raise ConfigError(f"preset must be one of {list(PRESETS)}, got {name!r}")
+    return Path(str(resources.files("samedge") / "presets" / task / f"{name}.yaml"))
+
+
+def _allowed(task: str) -> set:
+    return set(COMMON) | set(get_task(task).defaults)
+
+
+def load_preset(task: str, name: str) -> Dict[str, Any]:
+    """A preset's parameters; unknown keys in the file are an error."""
+    path = preset_path(task, name)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset file {path} must hold a mapping of parameter names to values")
+    unknown = sorted(set(data) - _allowed(task))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in preset file {path}; allowed: {sorted(_allowed(task))}")
+    return data
+
+
+def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dict[str, Any]:
+    """The notebook's parameters: explicit values over the preset's over the defaults."""
+    import os
+
+    name = preset or os.environ.get(ENV_VAR) or "cpu"
+    unknown = sorted(set(given) - _allowed(task))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown} for task {task!r}; allowed: {sorted(_allowed(task))}")
+    params = {**COMMON, **get_task(task).defaults, **load_preset(task, name)}
+    params.update({k: v for k, v in given.items() if v is not None})
+    params["preset"] = name
+    rhos = params["rhos"]
+    if not isinstance(rhos, (list, tuple)) or not rhos:
+        raise ConfigError(f"rhos must be a non-empty list of numbers >= 0, got {rhos!r}")
+    params["rhos"] = [float(r) if isinstance(r, int) and not isinstance(r, bool) else r for r in rhos]
+    if isinstance(params["eta"], int) and not isinstance(params["eta"], bool):
+        params["eta"] = float(params["eta"])
+    params["device"] = resolve_device(params["device"])
+    return params
+
+
+def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
+    """One RunConfig per rho (validated before anything runs)."""
+    opts = {k: params[k] for k in get_task(task).defaults}
+    common = dict(
+        task=task, eta=params["eta"], steps=params["steps"], measure_every=params["measure_every"], seed=params["seed"],
+        options=opts, normalize=params["normalize"], batch_size=params["batch_size"], device=params["device"],
+        dtype=params["dtype"], lanczos_tol=params["lanczos_tol"], measure_ascent=params["measure_ascent"],
+        checkpoint_every=params["checkpoint_every"],
+    )
+    return [RunConfig(rho=rho, **common) for rho in params["rhos"]]
