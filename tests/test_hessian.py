@@ -1,0 +1,341 @@
+"""Exact HVPs, Lanczos, power iteration and sharpness against dense float64 Hessians.
+
+Every reference is either ``torch.autograd.functional.hessian`` (see conftest.py) followed by
+``torch.linalg.eigh``, or an explicit quadratic 0.5 w^T A w whose Hessian is A.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import MODEL_NAMES, get_problem, random_quadratic, reference_hessian, rel_err, split_flat
+from samedge.hessian import (
+    FiniteDifferenceHessianOperator,
+    HessianOperator,
+    lanczos,
+    power_iteration,
+    sharpness,
+)
+from samedge.losses import module_loss, parameters_of, squared_loss
+
+METHODS = ("double_backward", "forward_over_reverse")
+F64 = torch.float64
+
+
+def randn(n: int, seed: int, dtype=F64) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=F64).to(dtype)
+
+
+def quadratic_loss(A: torch.Tensor):
+    """Loss closure 0.5 w^T A w on params {"w": w}: its Hessian is exactly A."""
+    return lambda p: 0.5 * p["w"] @ A @ p["w"]
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian-vector products
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hvp_matches_dense_hessian(problem, method):
+    """H v from the operator equals the dense autograd Hessian times v (float64, rel 1e-8),
+    on repeated calls (the retained-graph path) and on parameter dicts."""
+    op = HessianOperator(problem.loss_fn, problem.params, method=method)
+    assert op.size == problem.size
+    for seed in range(3):
+        v = randn(problem.size, seed)
+        assert rel_err(op(v), problem.hessian @ v) <= 1e-8
+    v = randn(problem.size, 7)
+    hv = op.hvp(split_flat(v, problem.params))
+    assert set(hv) == set(problem.params)
+    assert all(hv[k].shape == problem.params[k].shape for k in hv)
+    assert rel_err(torch.cat([t.reshape(-1) for t in hv.values()]), problem.hessian @ v) <= 1e-8
+    assert op.calls == 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_from_batches_matches_full_data_hessian(problem, method):
+    """The size-weighted multi-batch operator (unequal batches) equals the dense Hessian of
+    the loss on all the data at once."""
+    sizes = problem.batch_sizes
+    assert len(set(sizes)) > 1 and sum(sizes) == len(problem.inputs)
+    batches = list(zip(torch.split(problem.inputs, sizes), torch.split(problem.targets, sizes)))
+    make_loss = lambda b: module_loss(problem.model, problem.loss, b[0], b[1])  # noqa: E731
+    op = HessianOperator.from_batches(make_loss, batches, problem.params, method=method)
+    v = randn(problem.size, 3)
+    full = problem.hessian @ v
+    assert rel_err(op(v), full) <= 1e-8
+    assert rel_err(op(randn(problem.size, 4)), problem.hessian @ randn(problem.size, 4)) <= 1e-8
+    # The weighting matters: an unweighted mean of the batch Hessians is a different matrix.
+    unweighted = HessianOperator([make_loss(b) for b in batches], problem.params, method=method)
+    assert rel_err(unweighted(v), full) > 1e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_hvp_float32(name, method):
+    """A float32 model gives float32 HVPs close to the float64 dense Hessian at the same point."""
+    problem = get_problem(name)
+    model32 = copy.deepcopy(problem.model).float()
+    x = problem.inputs.float() if problem.inputs.is_floating_point() else problem.inputs
+    y = problem.targets.float() if problem.targets.is_floating_point() else problem.targets
+    params32 = parameters_of(model32)
+    # Reference: the float64 Hessian at the float32-rounded parameters.
+    params64 = {k: t.double() for k, t in params32.items()}
+    H = reference_hessian(module_loss(problem.model, problem.loss, problem.inputs, problem.targets), params64)
+    op = HessianOperator(module_loss(model32, problem.loss, x, y), params32, method=method)
+    assert op.dtype == torch.float32
+    v = randn(problem.size, 5, torch.float32)
+    hv = op(v)
+    assert hv.dtype == torch.float32
+    assert rel_err(hv.double(), H @ v.double()) <= 1e-4
+
+
+class Buffered(nn.Module):
+    """tanh(W (x * scale) + b) - shift, with ``scale`` and ``shift`` registered buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2).double()
+        self.register_buffer("scale", torch.tensor([0.5, 2.0, -1.5], dtype=F64))
+        self.register_buffer("shift", torch.tensor([0.3, -0.7], dtype=F64))
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x * self.scale)) - self.shift
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hvp_module_with_buffers(method):
+    """A module whose forward uses registered buffers: the HVP equals the dense Hessian of the
+    same loss written out by hand with the buffer values as constants."""
+    torch.manual_seed(0)
+    model = Buffered()
+    x = torch.randn(7, 3, dtype=F64)
+    y = torch.randn(7, 2, dtype=F64)
+    params = parameters_of(model)
+    assert set(params) == {"lin.weight", "lin.bias"}
+    scale, shift = model.scale.clone(), model.shift.clone()
+
+    def by_hand(p):
+        out = torch.tanh((x * scale) @ p["lin.weight"].T + p["lin.bias"]) - shift
+        return ((out - y) ** 2).mean()
+
+    H = reference_hessian(by_hand, params)
+    op = HessianOperator(module_loss(model, squared_loss, x, y), params, method=method)
+    for seed in range(2):
+        v = randn(op.size, seed)
+        assert rel_err(op(v), H @ v) <= 1e-8
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hvp_batchnorm_eval_uses_running_statistics(method):
+    """BatchNorm in eval mode (running-statistics buffers): the HVP equals the dense Hessian of
+    the hand-written eval-mode network, and the buffers are left untouched."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.randn(4))
+        model[1].running_var.copy_(torch.rand(4) + 0.5)
+    x, y = torch.randn(6, 3, dtype=F64), torch.randn(6, 2, dtype=F64)
+    mean, var = model[1].running_mean.clone(), model[1].running_var.clone()
+
+    def by_hand(p):
+        h = x @ p["0.weight"].T + p["0.bias"]
+        h = (h - mean) / torch.sqrt(var + model[1].eps) * p["1.weight"] + p["1.bias"]
+        return ((torch.tanh(h) @ p["3.weight"].T + p["3.bias"] - y) ** 2).mean()
+
+    params = parameters_of(model)
+    H = reference_hessian(by_hand, params)
+    op = HessianOperator(module_loss(model, squared_loss, x, y), params, method=method)
+    v = randn(op.size, 0)
+    assert rel_err(op(v), H @ v) <= 1e-8
+    assert torch.equal(model[1].running_mean, mean) and torch.equal(model[1].running_var, var)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hvp_linear_and_unused_parameters(method):
+    """Parameters that enter the loss linearly (constant gradient) or not at all have zero
+    Hessian rows: H = blockdiag(A, 0, 0) for 0.5 w^T A w + c.u (z unused)."""
+    A, _ = random_quadratic([4.0, -2.0, 1.0], seed=3)
+    c = torch.tensor([1.0, -2.0], dtype=F64)
+    params = {"w": randn(3, 0), "u": randn(2, 1), "z": randn(4, 2)}
+    op = HessianOperator(lambda p: 0.5 * p["w"] @ A @ p["w"] + c @ p["u"], params, method=method)
+    v = randn(9, 3)
+    expected = torch.cat([A @ v[:3], torch.zeros(6, dtype=F64)])
+    assert torch.allclose(op(v), expected, rtol=0, atol=1e-12)
+
+
+def test_hessian_operator_rejects_bad_arguments():
+    """Unknown method, empty closure list and mismatched weights are ValueErrors."""
+    params = {"w": torch.zeros(2, dtype=F64)}
+    fn = quadratic_loss(torch.eye(2, dtype=F64))
+    with pytest.raises(ValueError, match="method"):
+        HessianOperator(fn, params, method="finite_difference")
+    with pytest.raises(ValueError, match="loss_fns"):
+        HessianOperator([], params)
+    with pytest.raises(ValueError, match="weights"):
+        HessianOperator([fn, fn], params, weights=[1.0])
+
+
+def test_finite_difference_operator_approximates_hvp():
+    """The authors' central-difference HVP is within 1e-5 relative of the dense Hessian on a
+    smooth model (the Transformer: GELU, softmax, LayerNorm), for any norm of v."""
+    problem = get_problem("transformer")
+    fd = FiniteDifferenceHessianOperator(problem.loss_fn, problem.params)  # eps = 1e-3
+    v = 7.0 * randn(problem.size, 0)
+    assert rel_err(fd(v), problem.hessian @ v) <= 1e-5
+    assert torch.equal(fd(torch.zeros(problem.size, dtype=F64)), torch.zeros(problem.size, dtype=F64))
+    assert fd.calls == 2
+    with pytest.raises(ValueError, match="eps"):
+        FiniteDifferenceHessianOperator(problem.loss_fn, problem.params, eps=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Eigenvalues: Lanczos, power iteration, sharpness
+# --------------------------------------------------------------------------------------------
+
+
+def test_lanczos_top_eigenpair(problem):
+    """Lanczos' top eigenvalue equals eigvalsh of the dense Hessian (rel 1e-6) and its vector
+    is an eigenvector of the dense Hessian."""
+    evals = torch.linalg.eigvalsh(problem.hessian)
+    op = HessianOperator(problem.loss_fn, problem.params)
+    r = lanczos(op, op.size, k=1, tol=1e-10, max_iter=op.size)
+    assert r.converged
+    lam, x = r.eigenvalues[0], r.eigenvectors[0]
+    assert abs(lam / evals[-1] - 1) <= 1e-6
+    assert abs(torch.linalg.vector_norm(x) - 1) <= 1e-12
+    assert torch.linalg.vector_norm(problem.hessian @ x - lam * x) <= 1e-6 * abs(lam)
+
+
+def test_lanczos_top_k_and_smallest(problem):
+    """k = 3 returns the three largest eigenvalues in descending order with orthonormal
+    eigenvectors; which="SA" returns the smallest and which="LM" the largest in magnitude."""
+    evals = torch.linalg.eigvalsh(problem.hessian)
+    scale = evals.abs().max()
+    op = HessianOperator(problem.loss_fn, problem.params)
+    r = lanczos(op, op.size, k=3, tol=1e-10, max_iter=op.size)
+    assert r.converged and r.eigenvalues.shape == (3,)
+    assert torch.allclose(r.eigenvalues, evals.flip(0)[:3], rtol=0, atol=1e-6 * scale)
+    assert torch.allclose(r.eigenvectors @ r.eigenvectors.T, torch.eye(3, dtype=F64), atol=1e-6)
+    resid = problem.hessian @ r.eigenvectors.T - r.eigenvectors.T * r.eigenvalues
+    assert torch.linalg.vector_norm(resid, dim=0).max() <= 1e-5 * scale
+    sa = lanczos(op, op.size, k=1, which="SA", tol=1e-10, max_iter=op.size)
+    assert abs(sa.eigenvalues[0] - evals[0]) <= 1e-6 * scale
+    lm = lanczos(op, op.size, k=1, which="LM", tol=1e-10, max_iter=op.size)
+    assert abs(lm.eigenvalues[0] - evals[evals.abs().argmax()]) <= 1e-6 * scale
+
+
+def test_power_iteration_top_magnitude_eigenvalue(problem):
+    """Power iteration returns the eigenvalue of largest |lambda|, sign included (rel 1e-6)."""
+    evals = torch.linalg.eigvalsh(problem.hessian)
+    top = evals[evals.abs().argmax()]
+    op = HessianOperator(problem.loss_fn, problem.params)
+    r = power_iteration(op, op.size, tol=1e-12, max_iter=5000)
+    assert r.converged
+    assert abs(r.eigenvalues[0] / top - 1) <= 1e-6
+
+
+def test_sharpness_on_models(problem):
+    """op_norm = max |lambda| of the dense Hessian (rel 1e-6); lambda_max / lambda_min are Ritz
+    values, so they lie inside [lambda_min, lambda_max] of the dense spectrum, and the one at
+    the dominant end equals the converged eigenvalue."""
+    evals = torch.linalg.eigvalsh(problem.hessian)
+    true_norm = float(evals.abs().max())
+    op = HessianOperator(problem.loss_fn, problem.params)
+    s = sharpness(op, tol=1e-10, max_iter=op.size)
+    assert s.converged
+    assert abs(s.op_norm / true_norm - 1) <= 1e-6
+    slack = 1e-8 * true_norm
+    assert evals[0] - slack <= s.lambda_min <= s.lambda_max <= evals[-1] + slack
+    if evals[-1] >= -evals[0]:
+        assert abs(s.lambda_max / float(evals[-1]) - 1) <= 1e-6
+    else:
+        assert abs(s.lambda_min / float(evals[0]) - 1) <= 1e-6
+    x = s.eigenvector
+    assert torch.linalg.vector_norm(problem.hessian @ x) == pytest.approx(true_norm, rel=1e-6)
+
+
+def test_models_cover_both_dominant_ends():
+    """The fixtures include a model whose most negative eigenvalue dominates (the CNN) and
+    ones whose top eigenvalue does, so test_sharpness_on_models checks both branches."""
+    dominant_negative = []
+    for name in MODEL_NAMES:
+        evals = torch.linalg.eigvalsh(get_problem(name).hessian)
+        dominant_negative.append(bool(-evals[0] > evals[-1]))
+    assert any(dominant_negative) and not all(dominant_negative)
+
+
+NEG_DOMINANT = [-10.0, 3.0, 1.0, 0.5, -0.2]
+
+
+def test_negative_eigenvalue_dominates_on_quadratic():
+    """On 0.5 w^T A w with eig(A) = [-10, 3, 1, 0.5, -0.2]: power iteration returns -10 and
+    sharpness has op_norm 10, lambda_min -10 and lambda_max 3 (the Hessian is A)."""
+    A, _ = random_quadratic(NEG_DOMINANT, seed=1)
+    op = HessianOperator(quadratic_loss(A), {"w": randn(5, 9)})
+    p = power_iteration(op, op.size, tol=1e-13, max_iter=2000)
+    assert p.converged and p.eigenvalues[0] == pytest.approx(-10.0, rel=1e-8)
+    s = sharpness(op, tol=1e-12, max_iter=op.size)
+    assert s.op_norm == pytest.approx(10.0, rel=1e-8)
+    assert s.lambda_min == pytest.approx(-10.0, rel=1e-8)
+    assert s.lambda_max == pytest.approx(3.0, rel=1e-8)
+    la = lanczos(op, op.size, k=1, which="LA", tol=1e-12, max_iter=op.size)
+    assert la.eigenvalues[0] == pytest.approx(3.0, rel=1e-8)
+
+
+def test_lanczos_warm_start_from_exact_eigenvector(problem):
+    """Started from the dense Hessian's top eigenvector Lanczos stops after 1-2 HVPs with the
+    right eigenvalue; a cold start needs many times more."""
+    evals, vecs = torch.linalg.eigh(problem.hessian)
+    op = HessianOperator(problem.loss_fn, problem.params)
+    cold = lanczos(op, op.size, tol=1e-8, max_iter=op.size)
+    warm = lanczos(op, op.size, tol=1e-8, max_iter=op.size, v0=vecs[:, -1])
+    assert cold.converged and warm.converged
+    assert warm.num_hvps <= 2 and cold.num_hvps >= 5 * warm.num_hvps
+    assert abs(warm.eigenvalues[0] / evals[-1] - 1) <= 1e-10
+
+
+def test_lanczos_top_k_from_an_exact_eigenvector():
+    """A start vector spanning an invariant subspace (an exact eigenvector of A) must not cut
+    the Krylov space short when more than one Ritz pair is wanted: k = 2 still returns the two
+    largest eigenvalues of A, and which="BE" both ends of its spectrum."""
+    A, Q = random_quadratic(NEG_DOMINANT, seed=2)
+    v0 = Q[:, 1]  # the eigenvector of eigenvalue 3
+    op = HessianOperator(quadratic_loss(A), {"w": randn(5, 0)})
+    assert torch.linalg.vector_norm(A @ v0 - 3 * v0) <= 1e-13  # numerically invariant
+    r = lanczos(op, op.size, k=2, tol=1e-12, max_iter=op.size, v0=v0)
+    assert r.eigenvalues.shape == (2,) and r.converged
+    assert torch.allclose(r.eigenvalues, torch.tensor([3.0, 1.0], dtype=F64), rtol=0, atol=1e-9)
+    be = lanczos(op, op.size, k=2, which="BE", tol=1e-12, max_iter=op.size, v0=v0)
+    assert torch.allclose(be.eigenvalues, torch.tensor([3.0, -10.0], dtype=F64), rtol=0, atol=1e-9)
+
+
+def test_not_converged_when_max_iter_too_small(problem):
+    """With far too few iterations both methods report converged=False and used them all."""
+    op = HessianOperator(problem.loss_fn, problem.params)
+    r = lanczos(op, op.size, tol=1e-12, max_iter=2)
+    assert not r.converged and r.num_hvps == 2
+    p = power_iteration(op, op.size, tol=1e-14, max_iter=2)
+    assert not p.converged and p.num_hvps == 2
+
+
+def test_lanczos_and_power_iteration_reject_bad_arguments():
+    """Invalid k, which, tol, max_iter and v0 size are ValueErrors naming the argument."""
+    A, _ = random_quadratic([2.0, 1.0, -1.0], seed=0)
+    op = HessianOperator(quadratic_loss(A), {"w": randn(3, 0)})
+    with pytest.raises(ValueError, match="k must"):
+        lanczos(op, 3, k=0)
+    with pytest.raises(ValueError, match="which"):
+        lanczos(op, 3, which="XX")
+    with pytest.raises(ValueError, match="tol"):
+        lanczos(op, 3, tol=0.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        lanczos(op, 3, max_iter=0)
+    with pytest.raises(ValueError, match="v0"):
+        lanczos(op, 3, v0=torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match="tol"):
+        power_iteration(op, 3, tol=-1.0)

@@ -1,0 +1,51 @@
+"""Presets: files load, explicit values win, the environment variable selects, bad keys fail."""
+import pytest
+import yaml
+
+from samedge.config import ConfigError
+from samedge.presets import PRESETS, load_preset, preset_path, resolve_params, run_configs
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_make_valid_configs(name):
+    """Every MNIST preset resolves to valid run configurations, one per rho, GD first."""
+    p = resolve_params("mnist", name, device="cpu")
+    cfgs = run_configs("mnist", p)
+    assert [c.rho for c in cfgs] == p["rhos"] and cfgs[0].rho == 0
+    assert p["preset"] == name
+
+
+def test_cpu_has_three_sam_radii_and_paper_is_authors_setting():
+    """cpu has at least three rho > 0; paper is 60000 examples, 3x1000, eta = 0.01."""
+    assert sum(r > 0 for r in load_preset("mnist", "cpu")["rhos"]) >= 3
+    p = load_preset("mnist", "paper")
+    assert (p["n_train"], p["width"], p["depth"], p["eta"]) == (60000, 1000, 3, 0.01)
+
+
+def test_override_and_env(monkeypatch):
+    """Explicit values beat the preset; SAMEDGE_PRESET picks the preset when none is given."""
+    monkeypatch.setenv("SAMEDGE_PRESET", "smoke")
+    p = resolve_params("mnist", None, width=7, eta=None)
+    assert p["preset"] == "smoke" and p["width"] == 7 and p["eta"] == load_preset("mnist", "smoke")["eta"]
+    monkeypatch.delenv("SAMEDGE_PRESET")
+    assert resolve_params("mnist")["preset"] == "cpu"
+
+
+def test_yaml_is_papermill_parameters():
+    """The YAML files hold plain notebook parameters (usable with papermill -f)."""
+    d = yaml.safe_load(preset_path("mnist", "cpu").read_text())
+    assert d["preset"] == "cpu" and isinstance(d["rhos"], list)
+
+
+def test_errors():
+    """Unknown preset, parameter, or device cuda without a GPU: clear errors."""
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        resolve_params("mnist", "huge")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        resolve_params("mnist", "smoke", widht=3)
+    with pytest.raises(ConfigError, match="rhos must be a non-empty list"):
+        resolve_params("mnist", "smoke", rhos=[])
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_params("mnist", "smoke", device="cuda")
