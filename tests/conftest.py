@@ -84,6 +84,16 @@ def _build(name: str) -> Problem:
     return Problem(name, model, loss, x, y, params, loss_fn, reference_hessian(loss_fn, params), sizes)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tests on one intra-op thread: these models are tiny, and on a 2-core
+    machine that is busy with anything else, thread oversubscription makes them 5-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 _CACHE: Dict[str, Problem] = {}
 
 

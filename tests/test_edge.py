@@ -16,6 +16,7 @@ from samedge.edge import gd_edge, sam_edge, unnormalized_sam_edge
 from samedge.sam import sam_step
 
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def paper_sam_edge(eta: float, rho: float, g: float) -> float:

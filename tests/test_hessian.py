@@ -23,6 +23,7 @@ from samedge.losses import module_loss, parameters_of, squared_loss
 
 METHODS = ("double_backward", "forward_over_reverse")
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def randn(n: int, seed: int, dtype=F64) -> torch.Tensor:

@@ -16,6 +16,7 @@ from samedge.losses import module_loss
 from samedge.sam import SAM, ascent_point, sam_step
 
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def grad_by_hand(problem, params):
@@ -139,7 +140,7 @@ def _optimizer_run(problem, make_groups, steps, rho, normalize=True):
         loss.backward()
         return loss
 
-    losses = [float(opt.step(closure)) for _ in range(steps)]
+    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
     return {k: v.detach().clone() for k, v in model.named_parameters()}, losses
 
 

@@ -82,7 +82,8 @@ class CNN(nn.Module):
         for b in range(num_blocks):
             c_out = base_channels * 2**b
             for _ in range(layers_per_block):
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), ChannelLayerNorm(c_out)]
+                # flax's LayerNorm (the authors' CNN) uses epsilon 1e-6
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), ChannelLayerNorm(c_out, eps=1e-6)]
                 c_in = c_out
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -120,13 +121,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with 4x GELU MLP."""
+    """Pre-LayerNorm Transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with 4x GELU MLP
+    (tanh-approximate GELU, as ``jax.nn.gelu`` in haiku's example Transformer)."""
 
     def __init__(self, model_size: int, num_heads: int, key_size: int):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(model_size), nn.LayerNorm(model_size)
         self.attn = CausalSelfAttention(model_size, num_heads, key_size)
-        self.mlp = nn.Sequential(nn.Linear(model_size, 4 * model_size), nn.GELU(), nn.Linear(4 * model_size, model_size))
+        self.mlp = nn.Sequential(nn.Linear(model_size, 4 * model_size), nn.GELU(approximate="tanh"), nn.Linear(4 * model_size, model_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One residual block."""

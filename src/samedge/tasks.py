@@ -9,10 +9,10 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .losses import squared_loss
-from .models import MLP
+from .losses import masked_cross_entropy, squared_loss
+from .models import CNN, MLP, Transformer
 
-__all__ = ["Task", "Built", "get_task", "register_task", "TASKS"]
+__all__ = ["Task", "Built", "get_task", "register_task", "TASKS", "MNISTTask", "CIFAR10Task", "ShakespeareTask"]
 
 Batch = tuple  # (inputs, targets)
 
@@ -114,6 +114,94 @@ class MNISTTask(Task):
         )
 
 
+class CIFAR10Task(Task):
+    """CIFAR-10, first n_train training images, the paper's CNN (``num_blocks`` blocks of
+    ``layers_per_block`` conv-ReLU-LayerNorm layers, ``base_channels`` doubling), squared loss."""
+
+    name = "cifar10"
+    defaults = {"n_train": 1000, "n_test": 1000, "num_blocks": 2, "layers_per_block": 1, "base_channels": 16}
+
+    def validate(self, options: dict) -> None:
+        """Also check the sizes CIFAR-10 can supply and that the image survives the pooling."""
+        super().validate(options)
+        if options.get("n_train", 1) > 50000 or options.get("n_test", 1) > 10000:
+            raise ValueError(f"CIFAR-10 has 50000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}")
+        if options.get("num_blocks", 1) > 5:
+            raise ValueError(f"num_blocks must be <= 5 (each block halves the 32x32 image), got {options['num_blocks']}")
+
+    def build(self, options, batch_size, device, dtype, data_dir) -> Built:
+        """Load CIFAR-10 (see ``samedge.data.load_cifar10``) and make the CNN."""
+        from .data import load_cifar10
+
+        o = self.options(options)
+        train, test = load_cifar10(o["n_train"], o["n_test"], data_dir=data_dir)
+        train, test = train.to(device, dtype), test.to(device, dtype)
+        model = CNN(3, 32, o["num_blocks"], o["layers_per_block"], o["base_channels"], 10).to(device=device, dtype=dtype)
+        return Built(
+            model,
+            squared_loss,
+            subset_sampler(train.inputs, train.targets, batch_size),
+            classification_evaluator(test.inputs, test.targets, test.labels, squared_loss),
+            num_train=len(train),
+        )
+
+
+# Fixed seeds of the held-out crops: the same evaluation batch and test set for every run.
+EVAL_BATCH_SEED, TEST_CROPS_SEED = 1_000_003, 2_000_003
+
+
+def lm_evaluator(inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> Callable:
+    """Mean masked cross-entropy and next-token accuracy over fixed test crops (in chunks)."""
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module) -> Dict[str, float]:
+        loss_sum, correct, count = 0.0, 0.0, 0.0
+        for i in range(0, len(inputs), chunk):
+            x, y = inputs[i : i + chunk], targets[i : i + chunk]
+            out = model(x)
+            n = float((y != 0).sum())
+            loss_sum += float(masked_cross_entropy(out, y)) * n
+            correct += float(((out.argmax(-1) == y) & (y != 0)).sum())
+            count += n
+        return {"test_loss": loss_sum / count, "test_accuracy": correct / count}
+
+    return evaluate
+
+
+class ShakespeareTask(Task):
+    """tiny_shakespeare character LM: random crops of ``sequence_length + 1`` ASCII tokens, the
+    decoder-only Transformer, masked mean cross-entropy. Minibatch only (``batch_size`` crops a
+    step); a fixed batch of ``eval_batch_size`` test crops is measured too, and the final test
+    loss is over ``n_test_crops`` fixed test crops."""
+
+    name = "shakespeare"
+    defaults = {"num_layers": 6, "num_heads": 8, "key_size": 32, "model_size": 128, "sequence_length": 64,
+                "eval_batch_size": 128, "n_test_crops": 1024}
+
+    def build(self, options, batch_size, device, dtype, data_dir) -> Built:
+        """Load the text (see ``samedge.data.load_shakespeare``) and make the Transformer."""
+        from .data import VOCAB_SIZE, load_shakespeare, random_crops
+
+        o = self.options(options)
+        if batch_size is None:
+            raise ValueError("the shakespeare task trains on random crops: set batch_size (the paper uses 128)")
+        train, test = load_shakespeare(data_dir=data_dir)
+        train, test = train.to(device), test.to(device)
+        L = o["sequence_length"]
+        model = Transformer(VOCAB_SIZE, L, o["num_layers"], o["num_heads"], o["key_size"], o["model_size"])
+        model = model.to(device=device, dtype=dtype)
+        eval_batch = random_crops(test, o["eval_batch_size"], L, torch.Generator().manual_seed(EVAL_BATCH_SEED))
+        test_x, test_y = random_crops(test, o["n_test_crops"], L, torch.Generator().manual_seed(TEST_CROPS_SEED))
+        return Built(
+            model,
+            masked_cross_entropy,
+            lambda step, gen: random_crops(train, batch_size, L, gen),
+            lm_evaluator(test_x, test_y),
+            eval_batch=eval_batch,
+            num_train=len(train),
+        )
+
+
 TASKS: Dict[str, Task] = {}
 
 
@@ -124,6 +212,8 @@ def register_task(task: Task) -> Task:
 
 
 register_task(MNISTTask())
+register_task(CIFAR10Task())
+register_task(ShakespeareTask())
 
 
 def get_task(name: str) -> Task:
