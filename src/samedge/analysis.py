@@ -36,6 +36,7 @@ def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataF
             "test loss": r.summary.get("test_loss", float("nan")),
             "test accuracy": r.summary.get("test_accuracy", float("nan")),
             "diverged": r.diverged,
+            "diverged at": r.summary.get("diverged_at"),
         })
     return pd.DataFrame(rows)
 
@@ -44,8 +45,10 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15
     """One sentence saying, from the numbers, how closely sharpness tracked its edge."""
     lo, hi = band
     parts: List[str] = []
-    sam = table[table["rho"] > 0]
-    gd = table[table["rho"] == 0]
+    bad = table[table["diverged"]]
+    ok = table[~table["diverged"]]
+    sam = ok[ok["rho"] > 0]
+    gd = ok[ok["rho"] == 0]
     if len(sam):
         inside = sam[(sam["median ratio (2nd half)"] >= lo) & (sam["median ratio (2nd half)"] <= hi)]
         rng = (sam["median ratio (2nd half)"].min(), sam["median ratio (2nd half)"].max())
@@ -62,6 +65,7 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15
             f"GD's sharpness settles at {ratio_gd:.3f} x 2/eta"
             + (" (the classical edge of stability)" if abs(ratio_gd - 1) <= 0.1 else " (not at the edge of stability in this run)")
         )
-    if table["diverged"].any():
-        parts.append(f"{int(table['diverged'].sum())} run(s) diverged")
+    for _, b in bad.iterrows():
+        parts.append(f"{b['run']} diverged at step {b['diverged at']} (a non-finite loss, gradient or sharpness); "
+                     "its curves stop there and its medians use only the finite measurements")
     return "; ".join(parts) + "."

@@ -223,6 +223,10 @@ def lanczos(
         for _ in range(2):
             w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
         beta = torch.linalg.vector_norm(w)
+        if not (torch.isfinite(alpha) and torch.isfinite(beta)):
+            # A non-finite HVP (a diverged run): report NaN, unconverged, rather than fail in eigh.
+            nan = torch.full((1 if which != "BE" else 2,), float("nan"), dtype=dtype, device=device)
+            return EigenResult(nan, q.reshape(1, -1).repeat(len(nan), 1), j + 1, False, nan.double(), (float("nan"), float("nan")))
         alphas.append(alpha)
         T = torch.diag(torch.stack(alphas).double())
         if j > 0:
