@@ -52,10 +52,6 @@ class Problem:
     def size(self) -> int:
         return self.hessian.shape[0]
 
-    @property
-    def eigh(self):
-        return torch.linalg.eigh(self.hessian)
-
 
 def _build(name: str) -> Problem:
     gen = torch.Generator().manual_seed({"mlp": 1, "cnn": 2, "transformer": 3}[name])

@@ -293,7 +293,7 @@ def test_lanczos_warm_start_from_exact_eigenvector(problem):
 def test_lanczos_top_k_from_an_exact_eigenvector():
     """A start vector spanning an invariant subspace (an exact eigenvector of A) must not cut
     the Krylov space short when more than one Ritz pair is wanted: k = 2 still returns the two
-    largest eigenvalues of A, and which="BE" both ends of its spectrum."""
+    largest eigenvalues of A, and which="BE" both ends of its spectrum (no NaN, no duplicate)."""
     A, Q = random_quadratic(NEG_DOMINANT, seed=2)
     v0 = Q[:, 1]  # the eigenvector of eigenvalue 3
     op = HessianOperator(quadratic_loss(A), {"w": randn(5, 0)})
@@ -303,6 +303,12 @@ def test_lanczos_top_k_from_an_exact_eigenvector():
     assert torch.allclose(r.eigenvalues, torch.tensor([3.0, 1.0], dtype=F64), rtol=0, atol=1e-9)
     be = lanczos(op, op.size, k=2, which="BE", tol=1e-12, max_iter=op.size, v0=v0)
     assert torch.allclose(be.eigenvalues, torch.tensor([3.0, -10.0], dtype=F64), rtol=0, atol=1e-9)
+    # Exactly invariant: diagonal A and v0 = e_2, so the first Lanczos residual is exactly 0.
+    D = torch.diag(torch.tensor(NEG_DOMINANT, dtype=F64))
+    op = HessianOperator(quadratic_loss(D), {"w": randn(5, 0)})
+    r = lanczos(op, op.size, k=2, tol=1e-12, max_iter=op.size, v0=torch.eye(5, dtype=F64)[1])
+    assert torch.allclose(r.eigenvalues, torch.tensor([3.0, 1.0], dtype=F64), rtol=0, atol=1e-9)
+    assert torch.isfinite(r.eigenvectors).all()
 
 
 def test_not_converged_when_max_iter_too_small(problem):

@@ -16,7 +16,7 @@ LayerNorm has no running state and needs nothing special.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
@@ -158,6 +158,7 @@ class EigenResult:
     converged: bool
     residuals: torch.Tensor  # (k,) ||H x - theta x|| for each returned pair
     ritz_range: tuple  # (smallest, largest) Ritz value of the final Krylov space (Lanczos)
+    history: list = field(default_factory=list)  # the leading estimate after each HVP (for cost/accuracy studies)
 
 
 def _start_vector(n: int, v0: Optional[torch.Tensor], dtype, device, seed: int) -> torch.Tensor:
@@ -213,7 +214,7 @@ def lanczos(
     q = _start_vector(size, v0, dtype, device, seed)
     Q = torch.empty(max_iter, size, dtype=dtype, device=device)
     alphas, betas = [], []
-    converged, beta = False, None
+    converged, beta, history = False, None, []
     for j in range(max_iter):
         Q[j] = q
         w = matvec(q).to(dtype)
@@ -235,6 +236,7 @@ def lanczos(
         theta, S = torch.linalg.eigh(T)
         idx = _select(theta, min(k, j + 1) if which != "BE" else 2, which)
         res = (beta.double() * S[-1, idx]).abs()
+        history.append(float(theta[idx[0]]))
         scale = theta.abs().max() if which == "BE" else theta[idx].abs()
         breakdown = bool(beta <= 1e-10 * max(theta.abs().max().item(), 1e-30))
         enough = j + 1 >= (k if which != "BE" else 2)
@@ -256,7 +258,7 @@ def lanczos(
     m = len(alphas)
     vecs = (S[:, idx].T.to(dtype) @ Q[:m])
     vecs = vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
-    return EigenResult(theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()))
+    return EigenResult(theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()), history)
 
 
 def power_iteration(
@@ -279,7 +281,7 @@ def power_iteration(
     v = _start_vector(size, v0, dtype, device, seed)
     hv = matvec(v).to(dtype)
     lam = torch.dot(v, hv)
-    converged, n = False, 1
+    converged, n, history = False, 1, [float(lam)]
     while n < max_iter:
         nv = torch.linalg.vector_norm(hv)
         if nv == 0:
@@ -289,13 +291,14 @@ def power_iteration(
         hv = matvec(v).to(dtype)
         n += 1
         new = torch.dot(v, hv)
+        history.append(float(new))
         done = bool((new - lam).abs() <= tol * new.abs())
         lam = new
         if done:
             converged = True
             break
     res = torch.linalg.vector_norm(hv - lam * v).double().reshape(1)
-    return EigenResult(lam.reshape(1), v.reshape(1, -1), n, converged, res, (float("nan"), float("nan")))
+    return EigenResult(lam.reshape(1), v.reshape(1, -1), n, converged, res, (float("nan"), float("nan")), history)
 
 
 @dataclass
