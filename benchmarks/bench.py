@@ -114,18 +114,19 @@ def estimator_study(cfg_opts: dict, eta: float, rho: float, steps: int, starts: 
                     t_long = time.perf_counter() - t0
                     own = lanczos(HessianOperator(loss_of, params), n, which="LM", tol=1e-3, max_iter=100, v0=v0, dtype=torch.float32, seed=s)
             k = first_below(long.history, lam)
+            floor = min(abs(abs(h) - lam) / lam for h in long.history)
             rows[name].append(dict(
                 hvps_to_1e3=k, ge_to_1e3=None if k is None else fixed + per * k,
                 sec_to_1e3=None if k is None else t_long * k / len(long.history),
                 own_hvps=own.num_hvps, own_ge=fixed + per * own.num_hvps,
-                own_err=abs(abs(float(own.eigenvalues[0])) - lam) / lam,
+                own_err=abs(abs(float(own.eigenvalues[0])) - lam) / lam, floor=floor,
             ))
     out = []
     for name, rs in rows.items():
         med = lambda key: (statistics.median([r[key] for r in rs if r[key] is not None]) if any(r[key] is not None for r in rs) else float("nan"))
         out.append(dict(estimator=name, hvps=med("hvps_to_1e3"), ge=med("ge_to_1e3"), sec=med("sec_to_1e3"),
                         reached=sum(r["hvps_to_1e3"] is not None for r in rs), starts=len(rs),
-                        own_hvps=med("own_hvps"), own_ge=med("own_ge"), own_err=med("own_err")))
+                        own_hvps=med("own_hvps"), own_ge=med("own_ge"), own_err=med("own_err"), floor=med("floor")))
     return out, lam
 
 
@@ -173,15 +174,22 @@ def main() -> None:
         f"Medians over {starts} random starts; gradient-equivalents count an exact HVP as "
         f"{costs_cpu['double_backward (retained graph)']/costs_cpu['gradient']:.2f} gradients plus the graph build, a finite-difference HVP as 2.")
     say()
-    say("| estimator | HVPs to 1e-3 | grad-equiv. to 1e-3 | seconds to 1e-3 | reached | own rule: HVPs | own rule: grad-equiv. | own rule: rel. error |")
-    say("|---|---|---|---|---|---|---|---|")
+    say("| estimator | HVPs to 1e-3 | grad-equiv. to 1e-3 | seconds to 1e-3 | reached | best error | own rule: HVPs | own rule: grad-equiv. | own rule: rel. error |")
+    say("|---|---|---|---|---|---|---|---|---|")
     for r in study:
-        say(f"| {r['estimator']} | {r['hvps']:.0f} | {r['ge']:.1f} | {r['sec']:.3f} | {r['reached']}/{r['starts']} | {r['own_hvps']:.0f} | {r['own_ge']:.1f} | {r['own_err']:.2e} |")
+        say(f"| {r['estimator']} | {r['hvps']:.0f} | {r['ge']:.1f} | {r['sec']:.3f} | {r['reached']}/{r['starts']} | {r['floor']:.1e} | {r['own_hvps']:.0f} | {r['own_ge']:.1f} | {r['own_err']:.2e} |")
     warm = next(r for r in study if r["estimator"].startswith("warm"))
     authors = next(r for r in study if r["estimator"].startswith("authors"))
     say()
-    say(f"Target: warm Lanczos <= 1/5 of the authors' gradient-equivalents to 1e-3: ratio = {warm['ge']/authors['ge']:.3f}. "
-        "Own rules: Lanczos stops at relative Ritz residual 1e-3; the authors' at relative change 1e-3 or 100 iterations.")
+    if authors["reached"]:
+        verdict = f"ratio = {warm['ge']/authors['ge']:.3f} (over the starts where the authors' method got there)"
+    else:
+        verdict = (f"the authors' method never reached 1e-3 within {100 if args.quick else 500} iterations "
+                   f"(best error {authors['floor']:.1e}: the float32 finite-difference HVP has an error floor), "
+                   f"while warm Lanczos needs {warm['ge']:.1f} gradient-equivalents")
+    say(f"Target: warm Lanczos <= 1/5 of the authors' gradient-equivalents to 1e-3: {verdict}. "
+        "Own rules: Lanczos stops at relative Ritz residual 1e-3; the authors' at relative change 1e-3 or 100 iterations. "
+        "'best error' is the smallest relative error seen in the whole (up to 500-iteration) run.")
     say()
 
     say("## 3. SAM step vs GD step")

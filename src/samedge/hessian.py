@@ -98,6 +98,19 @@ class HessianOperator:
         )
         return {k: torch.zeros_like(p) if h is None else h for (k, p), h in zip(leaves.items(), hv)}
 
+    def loss_and_gradient(self) -> tuple:
+        """(loss, gradient dict) at the operator's parameters, from the gradient graph the HVPs
+        reuse: a caller that needs g anyway (a SAM step at a measured point) saves a gradient."""
+        if not (self.single and self.method == "double_backward"):
+            raise ValueError("loss_and_gradient needs a single loss closure and method='double_backward'")
+        leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
+        with torch.enable_grad():
+            loss = self.loss_fns[0](leaves)
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        self._graph = (leaves, grads)
+        zero = lambda g, p: torch.zeros_like(p) if g is None else g.detach()
+        return loss.detach(), {k: zero(g, p) for (k, p), g in zip(leaves.items(), grads)}
+
     def hvp(self, v: Params) -> Params:
         """Exact Hessian-vector product on parameter dicts."""
         self.calls += 1
@@ -212,10 +225,13 @@ def lanczos(
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     q = _start_vector(size, v0, dtype, device, seed)
-    Q = torch.empty(max_iter, size, dtype=dtype, device=device)
+    # The basis grows in chunks: a warm-started run needs a few rows, not max_iter of them.
+    Q = torch.empty(min(max_iter, 16), size, dtype=dtype, device=device)
     alphas, betas = [], []
     converged, beta, history = False, None, []
     for j in range(max_iter):
+        if j == Q.shape[0]:
+            Q = torch.cat([Q, torch.empty(min(Q.shape[0], max_iter - j), size, dtype=dtype, device=device)])
         Q[j] = q
         w = matvec(q).to(dtype)
         alpha = torch.dot(w, q)

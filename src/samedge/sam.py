@@ -50,12 +50,18 @@ def ascent_point(params: Params, grad: Params, rho: float, normalize: bool = Tru
     return add_scaled(params, grad, rho)
 
 
-def sam_step(loss_fn: LossFn, params: Params, eta: float, rho: float, normalize: bool = True) -> SAMStep:
-    """One SAM step (GD when rho = 0); ``loss_fn`` closes over the batch, so both gradients share it."""
+def sam_step(
+    loss_fn: LossFn, params: Params, eta: float, rho: float, normalize: bool = True,
+    loss_and_grad: Optional[tuple] = None,
+) -> SAMStep:
+    """One SAM step (GD when rho = 0); ``loss_fn`` closes over the batch, so both gradients share it.
+
+    ``loss_and_grad`` = (L(w), grad L(w)) already computed on the same batch skips that gradient.
+    """
     _validate(eta, rho)
     params = {k: v.detach() for k, v in params.items()}
     g_and_v = grad_and_value(loss_fn)
-    grad, loss = g_and_v(params)
+    loss, grad = loss_and_grad if loss_and_grad is not None else g_and_v(params)[::-1]
     gn = norm(grad)
     if rho == 0 or gn == 0:  # GD, or no ascent direction: one gradient suffices
         w_tilde, sam_grad = dict(params), grad
