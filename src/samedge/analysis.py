@@ -1,7 +1,7 @@
 """Tables and sentences computed from run records (never typed by hand)."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -19,18 +19,24 @@ def run_label(rec: RunRecord) -> str:
 
 
 def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataFrame:
-    """Per run: median sharpness/SAM-edge over the second half of training, and context."""
+    """Per run: median sharpness/SAM-edge over the second half of training, and context.
+
+    ``column="eval_ratio"`` reports the fixed evaluation batch instead (its ||H|| and SAM-edge too)."""
+    # The sharpness and edge behind ``column``: "eval_ratio" -> eval_op_norm / eval_sam_edge.
+    prefix = column[: -len("ratio")] if column.endswith("ratio") else ""
     rows = []
     for r in records:
         df = r.frame
         half = df[df["step"] >= r.config.steps / 2] if not df.empty else df
+        h_col = f"{prefix}op_norm" if f"{prefix}op_norm" in df else "op_norm"
+        e_col = f"{prefix}sam_edge" if f"{prefix}sam_edge" in df else "sam_edge"
         rows.append({
             "run": run_label(r),
             "rho": r.config.rho,
             "eta": r.config.eta,
             "2/eta": 2 / r.config.eta,
-            "median ||H|| (2nd half)": float(half["op_norm"].median()) if len(half) else float("nan"),
-            "median SAM-edge (2nd half)": float(half["sam_edge"].median()) if len(half) else float("nan"),
+            "median ||H|| (2nd half)": float(half[h_col].median()) if len(half) else float("nan"),
+            "median SAM-edge (2nd half)": float(half[e_col].median()) if len(half) else float("nan"),
             "median ratio (2nd half)": r.median_ratio(column),
             "final train loss": float(df["train_loss"].iloc[-1]) if len(df) else float("nan"),
             "test loss": r.summary.get("test_loss", float("nan")),
@@ -41,8 +47,12 @@ def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15)) -> str:
-    """One sentence saying, from the numbers, how closely sharpness tracked its edge."""
+def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15),
+                     gd_band: Optional[Tuple[float, float]] = None) -> str:
+    """One sentence saying, from the numbers, how closely sharpness tracked its edge.
+
+    SAM runs count as at their edge when the median ratio lies in ``band``; GD when its median
+    ||H|| / (2/eta) lies in ``gd_band`` (default: within 0.1 of 1)."""
     lo, hi = band
     parts: List[str] = []
     bad = table[table["diverged"]]
@@ -63,7 +73,8 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15
         ratio_gd = g["median ||H|| (2nd half)"] / g["2/eta"]
         parts.append(
             f"GD's sharpness settles at {ratio_gd:.3f} x 2/eta"
-            + (" (the classical edge of stability)" if abs(ratio_gd - 1) <= 0.1 else " (not at the edge of stability in this run)")
+            + (" (the classical edge of stability)" if (gd_band[0] <= ratio_gd <= gd_band[1] if gd_band else abs(ratio_gd - 1) <= 0.1)
+               else " (not at the edge of stability in this run)")
         )
     for _, b in bad.iterrows():
         parts.append(f"{b['run']} diverged at step {b['diverged at']} (a non-finite loss, gradient or sharpness); "

@@ -38,16 +38,22 @@ def _mark_divergence(ax, rec: RunRecord) -> None:
                 color="red", va="top", fontsize=9)
 
 
-def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_norm", title: Optional[str] = None) -> Figure:
-    """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run."""
+def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_norm", title: Optional[str] = None,
+                   edge_column: Optional[str] = None) -> Figure:
+    """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run.
+
+    ``column`` picks the sharpness (``"eval_op_norm"``: on the fixed evaluation batch) and
+    ``edge_column`` its SAM-edge (default: ``eval_sam_edge`` for ``eval_*`` columns, else ``sam_edge``)."""
     recs = _as_list(records)
+    if edge_column is None:
+        edge_column = "eval_sam_edge" if column.startswith("eval_") else "sam_edge"
     fig, axes = _grid(len(recs))
     for ax, r in zip(axes, recs):
         df = r.frame
         if not df.empty:
-            ax.plot(df["step"], df[column], color="C0", lw=1.6, label="$\\|H\\|_{op}$" if column == "op_norm" else column)
+            ax.plot(df["step"], df[column], color="C0", lw=1.6, label={"op_norm": "$\\|H\\|_{op}$", "eval_op_norm": "$\\|H\\|_{op}$ (eval batch)"}.get(column, column))
             if r.config.rho > 0:
-                ax.plot(df["step"], df["sam_edge"], color="C1", lw=1.2, label="SAM-edge")
+                ax.plot(df["step"], df[edge_column], color="C1", lw=1.2, label="SAM-edge")
         ax.axhline(2 / r.config.eta, color="k", ls="--", lw=1, label="$2/\\eta$")
         ax.set_title(f"{run_label(r)}, $\\eta$={r.config.eta:g}")
         ax.set_xlabel("step")
