@@ -1,0 +1,84 @@
+"""The book's cross-task summary: every experiment's runs (reloaded when already saved),
+one table of median sharpness / edge per task and rho, and one figure."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .analysis import ratio_table
+from .experiment import run_experiment
+from .presets import resolve_params
+from .record import RunRecord
+
+__all__ = ["EXPERIMENTS", "BANDS", "experiment_records", "summary_table", "summary_sentence", "plot_summary"]
+
+EXPERIMENTS = ("mnist", "cifar10", "shakespeare")
+# Where a median ratio counts as "at the edge": minibatch noise widens the Transformer's band.
+BANDS = {"mnist": (0.9, 1.15), "cifar10": (0.9, 1.15), "shakespeare": (0.8, 1.25)}
+
+
+def experiment_records(
+    tasks: Sequence[str] = EXPERIMENTS, preset: Optional[str] = None, results_dir: Optional[str] = None,
+    device: str = "auto", progress: bool = False,
+) -> Dict[str, List[RunRecord]]:
+    """Each task's runs at its notebook's default parameters for ``preset`` (same run
+    directories as the notebooks, so finished runs are reloaded, not recomputed)."""
+    out = {}
+    for task in tasks:
+        params = resolve_params(task, preset, results_dir=results_dir, device=device)
+        out[task] = run_experiment(task, params, progress=progress)
+    return out
+
+
+def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
+    """One row per task and run: median ||H||/edge over the second half, its band, 2/eta, losses."""
+    frames = []
+    for task, recs in records.items():
+        t = ratio_table(recs)
+        lo, hi = BANDS.get(task, (0.9, 1.15))
+        t.insert(0, "task", task)
+        t["band"] = f"[{lo:g}, {hi:g}]"
+        r = t["median ratio (2nd half)"]
+        t["in band"] = (r >= lo) & (r <= hi) & ~t["diverged"]
+        frames.append(t)
+    cols = ["task", "run", "rho", "eta", "2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)",
+            "median ratio (2nd half)", "band", "in band", "final train loss", "test loss", "diverged"]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def summary_sentence(table: pd.DataFrame) -> str:
+    """How many SAM runs per task sat at the SAM-edge, and GD at 2/eta, from the table."""
+    parts = []
+    for task in dict.fromkeys(table["task"]):
+        t = table[table["task"] == task]
+        sam, gd = t[t["rho"] > 0], t[t["rho"] == 0]
+        s = f"{task}: {int(sam['in band'].sum())} of {len(sam)} SAM runs within {t['band'].iloc[0]} of the SAM-edge"
+        if len(gd):
+            s += f", GD at {float(gd['median ratio (2nd half)'].iloc[0]):.3f} x 2/eta"
+        parts.append(s)
+    return "; ".join(parts) + "."
+
+
+def plot_summary(table: pd.DataFrame) -> Figure:
+    """Median ||H|| / edge per rho, one panel per task, with the task's band (GD at rho = 0)."""
+    tasks = list(dict.fromkeys(table["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False, constrained_layout=True)
+    for ax, task in zip(axes[0], tasks):
+        t = table[table["task"] == task]
+        lo, hi = BANDS.get(task, (0.9, 1.15))
+        ax.axhspan(lo, hi, color="C2", alpha=0.15, label=f"band [{lo:g}, {hi:g}]")
+        ax.axhline(1, color="k", lw=1, ls="--")
+        labels = [("GD" if rho == 0 else f"{rho:g}") for rho in t["rho"]]
+        colors = ["C3" if d else ("C0" if rho > 0 else "C1") for rho, d in zip(t["rho"], t["diverged"])]
+        ax.bar(range(len(t)), t["median ratio (2nd half)"], color=colors)
+        ax.set_xticks(range(len(t)), labels)
+        ax.set_xlabel("rho (GD: ratio to 2/eta)")
+        ax.set_ylabel("median $\\|H\\|_{op}$ / edge, 2nd half")
+        ax.set_title(f"{task} ($\\eta$={t['eta'].iloc[0]:g})")
+        ax.set_ylim(0, max(1.5, float(t["median ratio (2nd half)"].max()) * 1.1 if len(t) else 1.5))
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("Sharpness relative to its edge, every task and radius", fontsize=10)
+    return fig

@@ -1,0 +1,314 @@
+"""The built book in a real browser: every page of ``_build/html`` opened in headless Chromium.
+
+Run after ``jupyter-book build .`` (CI builds at ``SAMEDGE_PRESET=smoke``)::
+
+    SAMEDGE_BROWSER_TEST=1 SAMEDGE_MATHJAX_DIR=<npm prefix>/node_modules/mathjax pytest tests/browser
+
+For every page: it loads with status 200; every ``<img>`` has loaded (``naturalWidth > 0``);
+every math element was typeset by MathJax (an ``mjx-container`` inside each ``.math``, no
+``mjx-merror``, no undefined-macro text, no raw ``$$`` left outside code); no JavaScript
+console error or uncaught exception; the experiment pages show their results table and at least
+one figure, the quadratic chapter its figures; the derivation page has typeset math. A
+full-page screenshot of each page and ``report.json`` go to ``_build/browser-artifacts/``.
+
+The site is served on 127.0.0.1 from a thread. The book loads MathJax from its CDN URL (kept
+for readers); here requests for that URL are answered from a local copy of the npm package
+``mathjax@3`` (``SAMEDGE_MATHJAX_DIR``), and every other request that does not go to the local
+server is aborted and counted: the pages must need none of them.
+
+``test_the_checks_catch_breakage`` shows the checks can fail: on a temporary copy of the site
+with an image file deleted, an equation broken and MathJax withheld, they report each problem.
+
+Environment: ``SAMEDGE_BOOK_HTML`` (default ``_build/html``), ``SAMEDGE_BROWSER_ARTIFACTS``
+(default ``_build/browser-artifacts``), ``SAMEDGE_CHROMIUM`` (default ``/usr/bin/chromium``).
+Playwright drives that Chromium; ``playwright install`` is never needed.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional
+from urllib.parse import urljoin, urlparse
+from urllib.request import urlopen
+
+import pytest
+from playwright.sync_api import BrowserContext, Route, sync_playwright
+
+from samedge.reproduce import declared_parameters, discover
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = Path(os.environ.get("SAMEDGE_BOOK_HTML", ROOT / "_build" / "html"))
+ARTIFACTS = Path(os.environ.get("SAMEDGE_BROWSER_ARTIFACTS", ROOT / "_build" / "browser-artifacts"))
+CHROMIUM = os.environ.get("SAMEDGE_CHROMIUM", "/usr/bin/chromium")
+MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+MATH_PAGES = {"book/derivation.html"}  # must contain typeset math
+FIGURE_PAGES = {"book/quadratic.html"}  # must contain figures (besides the experiment pages)
+RESULTS_HEADER = "median ratio"  # a column of samedge.analysis.ratio_table
+
+
+def mathjax_dir() -> Path:
+    """The local copy of the npm package mathjax@3 (its ``es5/tex-mml-chtml.js`` is what the book loads)."""
+    cache = Path(os.environ.get("SAMEDGE_CI_CACHE", Path.home() / ".cache" / "samedge-ci"))
+    candidates = [os.environ.get("SAMEDGE_MATHJAX_DIR"), cache / "npm" / "node_modules" / "mathjax"]
+    for c in candidates:
+        if c and (Path(c) / "es5" / "tex-mml-chtml.js").is_file():
+            return Path(c)
+    pytest.fail(f"no local MathJax: set SAMEDGE_MATHJAX_DIR to a directory with es5/tex-mml-chtml.js "
+                f"(npm install --prefix DIR mathjax@3; looked in {[str(c) for c in candidates if c]})")
+
+
+def experiment_pages() -> set:
+    """Pages built from experiment notebooks: those whose parameters include ``preset``."""
+    return {f"book/{name}.html" for name, path in discover(ROOT / "book").items() if "preset" in declared_parameters(path)}
+
+
+def site_pages(site: Path) -> List[str]:
+    """Every HTML page of the built site, relative to it (not the theme's static files)."""
+    skip = ("_static/", "_sources/", "_images/", "_downloads/")
+    return sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if not str(p.relative_to(site)).startswith(skip))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep pytest's output readable
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that cancels a request (a navigation away) resets its connection: not an error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
+@contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` on a free port of 127.0.0.1 from a thread; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = _Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def chromium() -> Iterator[BrowserContext]:
+    """Headless Chromium (the system's, not a Playwright download) with a fresh profile."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set SAMEDGE_CHROMIUM)")
+    with tempfile.TemporaryDirectory(prefix="samedge-chromium-") as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900}, service_workers="block",
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@dataclass
+class PageReport:
+    page: str
+    status: Optional[int] = None
+    images: int = 0
+    math_elements: int = 0
+    typeset: int = 0
+    tables: int = 0
+    blocked: List[str] = field(default_factory=list)
+    console_errors: List[str] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    screenshot: Optional[str] = None
+
+
+# Runs in the page after MathJax has finished: what the checks need, in one round trip.
+INSPECT = """() => {
+  const imgs = Array.from(document.images).map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}));
+  const math = Array.from(document.querySelectorAll('.math'));
+  const untypeset = math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.trim().slice(0, 80));
+  const errors = Array.from(document.querySelectorAll('mjx-merror, [data-mjx-error]'))
+      .map(e => e.getAttribute('data-mjx-error') || e.textContent.trim().slice(0, 80));
+  const undefinedMacros = Array.from(document.querySelectorAll('mjx-container [style*="color: red"]'))
+      .map(e => e.textContent.trim().slice(0, 80));
+  const main = document.querySelector('main') || document.body;
+  const clone = main.cloneNode(true);
+  clone.querySelectorAll('pre, code, script, style, mjx-container, .math').forEach(e => e.remove());
+  const tables = Array.from(document.querySelectorAll('main table'));
+  const headers = tables.map(t => Array.from(t.querySelectorAll('th')).map(th => th.textContent.trim()).join(' | '));
+  return {imgs, mathCount: math.length, typeset: document.querySelectorAll('mjx-container').length, untypeset,
+          errors, undefinedMacros, rawDollars: clone.textContent.includes('$$'), tables: headers,
+          hasMathJax: !!document.querySelector('script[src*="mathjax"]')};
+}"""
+
+
+def _meta_refresh(context: BrowserContext, base_url: str, page_path: str) -> Optional[str]:
+    """The target of a page's ``<meta http-equiv="Refresh">`` redirect, if it has one."""
+    with urlopen(base_url + page_path, timeout=30) as r:
+        head = r.read().decode("utf-8", "replace")
+    m = re.search(r'http-equiv="refresh"\s+content="\d+;\s*url=([^"]+)"', head, re.I)
+    return m.group(1) if m else None
+
+
+def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: Optional[Path],
+               screenshot_dir: Optional[Path] = None, experiments: frozenset = frozenset()) -> PageReport:
+    """Open one page and return what is wrong with it (``report.problems``); ``mathjax=None`` withholds MathJax."""
+    report = PageReport(page_path)
+    host = urlparse(base_url).netloc
+    redirect = _meta_refresh(context, base_url, page_path)
+    page = context.new_page()
+
+    def route(r: Route) -> None:
+        url = r.request.url
+        if urlparse(url).netloc == host:
+            r.continue_()
+        elif mathjax is not None and url.startswith(MATHJAX_CDN):
+            local = mathjax / urlparse(url).path[len(urlparse(MATHJAX_CDN).path):]
+            if local.is_file():
+                r.fulfill(path=str(local))
+            else:
+                r.fulfill(status=404, body="not in the local MathJax copy")
+        else:
+            report.blocked.append(url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("console", lambda m: report.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: report.console_errors.append(f"uncaught: {e}"))
+    try:
+        resp = page.goto(base_url + page_path, wait_until="load", timeout=60_000)
+        report.status = resp.status if resp else None
+        if report.status != 200:
+            report.problems.append(f"HTTP status {report.status}")
+        if redirect:  # index.html: let the meta refresh finish before inspecting anything
+            page.wait_for_url(urljoin(base_url + page_path, redirect), timeout=30_000)
+            page.wait_for_load_state("load")
+        # Lazy images load only when near the viewport: make them eager, then wait for all.
+        page.evaluate("() => document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
+        if page.evaluate("() => !!document.querySelector('script[src*=\"mathjax\"]')"):
+            try:
+                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+                page.evaluate("() => MathJax.startup.promise")
+            except Exception as err:  # MathJax never started: the math is reported as not typeset below
+                report.problems.append(f"MathJax did not start: {str(err).splitlines()[0]}")
+        info = page.evaluate(INSPECT)
+        if screenshot_dir is not None:
+            shot = screenshot_dir / (page_path.replace("/", "__").removesuffix(".html") + ".png")
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            report.screenshot = str(shot)
+    finally:
+        page.close()
+
+    report.images = len(info["imgs"])
+    report.math_elements, report.typeset, report.tables = info["mathCount"], info["typeset"], len(info["tables"])
+    broken = [i["src"] for i in info["imgs"] if not i["ok"]]
+    if broken:
+        report.problems.append(f"images not loaded: {broken}")
+    if info["untypeset"]:
+        report.problems.append(f"{len(info['untypeset'])} math element(s) not typeset by MathJax, e.g. {info['untypeset'][:2]}")
+    if info["errors"]:
+        report.problems.append(f"MathJax errors (merror): {info['errors'][:3]}")
+    if info["undefinedMacros"]:
+        report.problems.append(f"undefined TeX macros: {info['undefinedMacros'][:3]}")
+    if info["rawDollars"]:
+        report.problems.append("raw $$ left in the text (unparsed math)")
+    if page_path in MATH_PAGES and report.typeset == 0:
+        report.problems.append("no math typeset on a page that must have math")
+    if page_path in experiments:
+        if not any(RESULTS_HEADER in h for h in info["tables"]):
+            report.problems.append(f"no results table (a table with a '{RESULTS_HEADER}' column)")
+    if page_path in experiments or page_path in FIGURE_PAGES:
+        if report.images == 0:
+            report.problems.append("no figure on a page that must have figures (a kernel without the inline backend?)")
+    if report.console_errors:
+        report.problems.append(f"console errors: {report.console_errors[:5]}")
+    return report
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    if not (SITE / "index.html").is_file():
+        pytest.fail(f"no built book at {SITE}: run `jupyter-book build .` first (or set SAMEDGE_BOOK_HTML)")
+    return SITE
+
+
+def test_every_page_renders(site):
+    """Every page of the built book passes every check; screenshots and report.json are saved."""
+    pages = site_pages(site)
+    experiments = frozenset(experiment_pages())
+    assert "book/derivation.html" in pages and experiments & set(pages), pages
+    mj = mathjax_dir()
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    with serve(site) as base, chromium() as context:
+        reports = [check_page(context, base, p, mj, ARTIFACTS, experiments) for p in pages]
+    summary = {
+        "site": str(site), "pages": len(reports), "images": sum(r.images for r in reports),
+        "typeset_math": sum(r.typeset for r in reports), "blocked_requests": sum(len(r.blocked) for r in reports),
+        "reports": [asdict(r) for r in reports],
+    }
+    (ARTIFACTS / "report.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n{len(reports)} pages, {summary['images']} images, {summary['typeset_math']} typeset formulas, "
+          f"{summary['blocked_requests']} blocked non-local requests; screenshots in {ARTIFACTS}")
+    bad = {r.page: r.problems for r in reports if r.problems}
+    assert not bad, json.dumps(bad, indent=2)
+    by_page = {r.page: r for r in reports}
+    assert by_page["book/derivation.html"].typeset > 50  # the derivation is mostly equations
+
+
+def _break_site(site: Path, dest: Path, experiment_page: str) -> str:
+    """Copy the site to ``dest``, delete one image file of ``experiment_page`` and break an
+    equation of the derivation (an extra closing brace); returns the deleted image's src."""
+    shutil.copytree(site, dest, ignore=shutil.ignore_patterns("_sources"))
+    html = (dest / experiment_page).read_text()
+    src = re.search(r'<img[^>]+src="([^"]+)"', html).group(1)
+    (dest / experiment_page).parent.joinpath(src).resolve().unlink()
+    deriv = dest / "book" / "derivation.html"
+    text = deriv.read_text()
+    assert "\\frac{" in text
+    deriv.write_text(text.replace("\\frac{", "\\frac}{", 1))
+    return src
+
+
+def test_the_checks_catch_breakage(site, tmp_path):
+    """On a broken copy of the site the same checks fail: a deleted image file is reported on its
+    page, an equation with an extra brace as a MathJax error, and withheld MathJax as untypeset
+    math (and a console error for the blocked script)."""
+    experiments = sorted(frozenset(experiment_pages()) & set(site_pages(site)))
+    assert experiments
+    broken = tmp_path / "html"
+    src = _break_site(site, broken, experiments[0])
+    mj = mathjax_dir()
+    with serve(broken) as base, chromium() as context:
+        exp = check_page(context, base, experiments[0], mj, experiments=frozenset(experiments))
+        deriv = check_page(context, base, "book/derivation.html", mj)
+        no_mathjax = check_page(context, base, "book/intro.html", None)
+        intact = check_page(context, base, "book/intro.html", mj)
+    assert any("images not loaded" in p and src in p for p in exp.problems), exp.problems
+    assert any("MathJax errors" in p for p in deriv.problems), deriv.problems
+    assert any("not typeset" in p for p in no_mathjax.problems) and no_mathjax.blocked, no_mathjax
+    assert any("console errors" in p for p in no_mathjax.problems), no_mathjax.problems
+    assert intact.problems == [], intact.problems  # the page that was not broken still passes
