@@ -13,7 +13,7 @@ from .experiment import run_experiment
 from .presets import resolve_params
 from .record import RunRecord
 
-__all__ = ["EXPERIMENTS", "BANDS", "experiment_records", "summary_table", "summary_sentence", "plot_summary"]
+__all__ = ["EXPERIMENTS", "BANDS", "experiment_records", "summary_table", "summary_sentence", "summary_styler", "plot_summary"]
 
 EXPERIMENTS = ("mnist", "cifar10", "shakespeare")
 # Where a median ratio counts as "at the edge": minibatch noise widens the Transformer's band.
@@ -60,6 +60,15 @@ def summary_sentence(table: pd.DataFrame) -> str:
             s += f", GD at {float(gd['median ratio (2nd half)'].iloc[0]):.3f} x 2/eta"
         parts.append(s)
     return "; ".join(parts) + "."
+
+
+def summary_styler(table: pd.DataFrame):
+    """The table as the intro shows it: the columns a reader compares, compact number formats."""
+    cols = ["task", "run", "2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)",
+            "median ratio (2nd half)", "band", "in band", "final train loss", "test loss"]
+    fmt = {c: "{:.4g}" for c in ["2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)", "final train loss", "test loss"]}
+    fmt["median ratio (2nd half)"] = "{:.4f}"
+    return table[cols].style.format(fmt).hide(axis="index").set_table_attributes('id="samedge-summary"')
 
 
 def plot_summary(table: pd.DataFrame) -> Figure:
