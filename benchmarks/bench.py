@@ -143,6 +143,8 @@ def main() -> None:
     say = lambda s="": (print(s, flush=True), lines.append(s))
     say("# Benchmarks")
     say()
+    say("<!-- report -->")
+    say()
     say(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), device cpu, samedge {samedge.__version__}, python {platform.python_version()}.")
     say(f"Command: `{' '.join(['python'] + sys.argv)}` ({time.strftime('%Y-%m-%d')}).")

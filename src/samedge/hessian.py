@@ -120,9 +120,7 @@ class HessianOperator:
                 hv = self._double_backward(fn, v, retain=self.single)
             else:
                 hv = jvp(func_grad(fn), (self.params,), (v,))[1]
-            hv = {k: t.detach() for k, t in hv.items()}
-            if not self.single:
-                hv = {k: w * t for k, t in hv.items()}
+            hv = {k: t.detach() if w == 1.0 else w * t.detach() for k, t in hv.items()}
             total = hv if total is None else {k: total[k] + hv[k] for k in total}
         return total  # type: ignore[return-value]
 
@@ -287,10 +285,11 @@ def power_iteration(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> EigenResult:
-    """The eigenvalue of largest magnitude by power iteration (the paper's method).
+    """The eigenvalue of largest magnitude by power iteration (the paper's method, in spirit).
 
-    The estimate is the Rayleigh quotient v^T H v; stops when it changes by at most
-    ``tol`` relative, as in the authors' code. Converges to max |lambda| with its sign.
+    The estimate is the Rayleigh quotient v^T H v, which keeps the sign; it stops when the
+    estimate changes by at most ``tol`` relative. (The authors' code stops on the change of
+    ||Hv|| and reports ||Hv||, losing the sign; the estimates agree in magnitude at convergence.)
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")

@@ -96,7 +96,6 @@ def run(
         gen.set_state(saved.pop("generator"))
         state.update(saved)
     if run_dir is not None:
-        record = RunRecord(cfg, state["rows"], {"complete": False}, env)
         atomic_write_text(run_dir / "config.json", json.dumps({"config": cfg.to_dict(), "env": env}, indent=2))
     every_ckpt = cfg.checkpoint_every or max(1, cfg.steps // 20)
     edge2 = gd_edge(cfg.eta)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from .analysis import run_label
 from .record import RunRecord
 
-__all__ = ["plot_sharpness", "plot_edge_ratio", "plot_alignment", "plot_loss", "save_figure", "LOSS_NOTE"]
+__all__ = ["plot_sharpness", "plot_sam_edge_only", "plot_edge_ratio", "plot_alignment", "plot_loss", "save_figure", "LOSS_NOTE"]
 
 LOSS_NOTE = "squared loss = mean over examples and classes (Cohen et al.'s 0.5*sum is 5x larger)"
 
@@ -39,7 +39,7 @@ def _mark_divergence(ax, rec: RunRecord) -> None:
 
 
 def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_norm", title: Optional[str] = None,
-                   edge_column: Optional[str] = None) -> Figure:
+                   edge_column: Optional[str] = None, show_gd_edge: bool = True) -> Figure:
     """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run.
 
     ``column`` picks the sharpness (``"eval_op_norm"``: on the fixed evaluation batch) and
@@ -54,16 +54,29 @@ def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_n
             ax.plot(df["step"], df[column], color="C0", lw=1.6, label={"op_norm": "$\\|H\\|_{op}$", "eval_op_norm": "$\\|H\\|_{op}$ (eval batch)"}.get(column, column))
             if r.config.rho > 0:
                 ax.plot(df["step"], df[edge_column], color="C1", lw=1.2, label="SAM-edge")
-        ax.axhline(2 / r.config.eta, color="k", ls="--", lw=1, label="$2/\\eta$")
+        if show_gd_edge or r.config.rho == 0:
+            ax.axhline(2 / r.config.eta, color="k", ls="--", lw=1, label="$2/\\eta$")
         ax.set_title(f"{run_label(r)}, $\\eta$={r.config.eta:g}")
         ax.set_xlabel("step")
         ax.set_ylabel("sharpness")
-        ax.set_ylim(bottom=0)
+        if show_gd_edge:
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         _mark_divergence(ax, r)
     fig.suptitle(title or f"Sharpness vs the SAM-edge ({LOSS_NOTE})", fontsize=10)
     return fig
+
+
+def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = "op_norm") -> Figure:
+    """The SAM runs' ||H||_op and SAM-edge alone, zoomed to them (2/eta left out), one panel per run."""
+    sam = [r for r in _as_list(records) if r.config.rho > 0]
+    if not sam:  # e.g. rhos=[0.0]: say so in the figure rather than fail the notebook
+        fig, ax = plt.subplots(figsize=(5, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no SAM run (rho > 0) in these records", ha="center", va="center")
+        return fig
+    return plot_sharpness(sam, column=column, show_gd_edge=False, title="Sharpness and the SAM-edge, zoomed (2/eta not shown)")
 
 
 def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = "ratio") -> Figure:

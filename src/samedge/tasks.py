@@ -85,6 +85,20 @@ def subset_sampler(x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int]) 
     return sample
 
 
+def squared_loss_classification(model: nn.Module, train, test, batch_size: Optional[int], device: str,
+                                 dtype: torch.dtype) -> Built:
+    """An image-classification task as the paper sets it up: squared loss on one-hot targets,
+    full batch or random minibatches, test loss and accuracy at the end."""
+    train, test = train.to(device, dtype), test.to(device, dtype)
+    return Built(
+        model.to(device=device, dtype=dtype),
+        squared_loss,
+        subset_sampler(train.inputs, train.targets, batch_size),
+        classification_evaluator(test.inputs, test.targets, test.labels, squared_loss),
+        num_train=len(train),
+    )
+
+
 class MNISTTask(Task):
     """MNIST, first n_train examples, MLP with ``depth`` hidden ReLU layers of ``width``, squared loss."""
 
@@ -103,15 +117,7 @@ class MNISTTask(Task):
 
         o = self.options(options)
         train, test = load_mnist(o["n_train"], o["n_test"], data_dir=data_dir)
-        train, test = train.to(device, dtype), test.to(device, dtype)
-        model = MLP(784, o["width"], o["depth"], 10).to(device=device, dtype=dtype)
-        return Built(
-            model,
-            squared_loss,
-            subset_sampler(train.inputs, train.targets, batch_size),
-            classification_evaluator(test.inputs, test.targets, test.labels, squared_loss),
-            num_train=len(train),
-        )
+        return squared_loss_classification(MLP(784, o["width"], o["depth"], 10), train, test, batch_size, device, dtype)
 
 
 class CIFAR10Task(Task):
@@ -135,15 +141,8 @@ class CIFAR10Task(Task):
 
         o = self.options(options)
         train, test = load_cifar10(o["n_train"], o["n_test"], data_dir=data_dir)
-        train, test = train.to(device, dtype), test.to(device, dtype)
-        model = CNN(3, 32, o["num_blocks"], o["layers_per_block"], o["base_channels"], 10).to(device=device, dtype=dtype)
-        return Built(
-            model,
-            squared_loss,
-            subset_sampler(train.inputs, train.targets, batch_size),
-            classification_evaluator(test.inputs, test.targets, test.labels, squared_loss),
-            num_train=len(train),
-        )
+        model = CNN(3, 32, o["num_blocks"], o["layers_per_block"], o["base_channels"], 10)
+        return squared_loss_classification(model, train, test, batch_size, device, dtype)
 
 
 # Fixed seeds of the held-out crops: the same evaluation batch and test set for every run.
