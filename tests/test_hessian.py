@@ -336,3 +336,15 @@ def test_lanczos_and_power_iteration_reject_bad_arguments():
         lanczos(op, 3, v0=torch.ones(4, dtype=F64))
     with pytest.raises(ValueError, match="tol"):
         power_iteration(op, 3, tol=-1.0)
+
+
+def test_callback_stops_iteration_early():
+    """A callback returning True ends Lanczos and power iteration at that HVP, unconverged."""
+    import samedge as s
+
+    A = torch.diag(torch.arange(1.0, 51.0, dtype=torch.float64))
+    seen = []
+    r = s.lanczos(lambda v: A @ v, 50, tol=1e-14, callback=lambda n, est: seen.append(n) or n == 3)
+    assert r.num_hvps == 3 and seen == [1, 2, 3] and not r.converged
+    r = s.power_iteration(lambda v: A @ v, 50, tol=1e-14, max_iter=1000, callback=lambda n, est: n == 5)
+    assert r.num_hvps == 5 and len(r.history) == 5 and not r.converged

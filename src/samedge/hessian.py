@@ -208,6 +208,7 @@ def lanczos(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    callback: Optional[Callable[[int, float], bool]] = None,
 ) -> EigenResult:
     """Top-k eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -251,6 +252,8 @@ def lanczos(
         idx = _select(theta, min(k, j + 1) if which != "BE" else 2, which)
         res = (beta.double() * S[-1, idx]).abs()
         history.append(float(theta[idx[0]]))
+        if callback is not None and callback(j + 1, history[-1]):
+            break
         scale = theta.abs().max() if which == "BE" else theta[idx].abs()
         breakdown = bool(beta <= 1e-10 * max(theta.abs().max().item(), 1e-30))
         enough = j + 1 >= (k if which != "BE" else 2)
@@ -284,12 +287,14 @@ def power_iteration(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    callback: Optional[Callable[[int, float], bool]] = None,
 ) -> EigenResult:
     """The eigenvalue of largest magnitude by power iteration (the paper's method, in spirit).
 
     The estimate is the Rayleigh quotient v^T H v, which keeps the sign; it stops when the
     estimate changes by at most ``tol`` relative. (The authors' code stops on the change of
     ||Hv|| and reports ||Hv||, losing the sign; the estimates agree in magnitude at convergence.)
+    ``callback(num_hvps, estimate)`` after every HVP; returning True stops there.
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
@@ -311,6 +316,8 @@ def power_iteration(
         lam = new
         if done:
             converged = True
+            break
+        if callback is not None and callback(n, history[-1]):
             break
     res = torch.linalg.vector_norm(hv - lam * v).double().reshape(1)
     return EigenResult(lam.reshape(1), v.reshape(1, -1), n, converged, res, (float("nan"), float("nan")), history)
