@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+from torch.func import grad_and_value
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, resolve_device
@@ -20,7 +21,7 @@ from .losses import module_loss, parameters_of
 from .record import RunRecord, atomic_write_text, environment
 from .sam import sam_step
 from .tasks import get_task
-from .vectors import alignment, flatten
+from .vectors import alignment, flatten, norm
 
 __all__ = ["run", "RunDirError"]
 
@@ -138,13 +139,12 @@ def run(
             if minibatch:
                 ex, ey = task.eval_batch
                 efn = module_loss(model, task.loss, ex, ey)
-                from torch.func import grad_and_value
-
                 eg, el = grad_and_value(efn)(params)
+                egn = float(norm(eg))
                 esh = _measure(efn, params, state["v_eval"], cfg, cfg.seed + t + 1)
                 state["v_eval"] = esh.eigenvector
-                eedge = sam_edge(cfg.eta, cfg.rho, float(flatten(eg).norm()))
-                row.update(eval_loss=float(el), eval_grad_norm=float(flatten(eg).norm()), eval_op_norm=esh.op_norm,
+                eedge = sam_edge(cfg.eta, cfg.rho, egn)
+                row.update(eval_loss=float(el), eval_grad_norm=egn, eval_op_norm=esh.op_norm,
                            eval_sam_edge=eedge, eval_ratio=esh.op_norm / eedge if eedge > 0 else math.inf, eval_hvps=esh.num_hvps)
             if cfg.measure_ascent:
                 ash = _measure(loss_fn, st.ascent_params, state["v_ascent"], cfg, cfg.seed + t + 2)
