@@ -15,7 +15,7 @@ from .record import RunRecord
 
 __all__ = ["plot_sharpness", "plot_sam_edge_only", "plot_edge_ratio", "plot_alignment", "plot_loss", "save_figure", "LOSS_NOTE"]
 
-LOSS_NOTE = "squared loss = mean over examples and classes (Cohen et al.'s 0.5*sum is 5x larger)"
+LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
 
 
 def _as_list(records: RunRecord | Sequence[RunRecord]) -> list:
