@@ -11,7 +11,6 @@ cpu-preset run; (5) scaling with model and dataset size. Timings are medians aft
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from samedge.config import ConfigError, RunConfig
-from samedge.edge import sam_edge
 from samedge.loop import RunDirError, run
 from samedge.record import COLUMNS, TIMING_COLUMNS, RunRecord
 

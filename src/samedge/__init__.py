@@ -14,3 +14,11 @@ from .sam import SAM, SAMStep, ascent_point, sam_step
 from .vectors import alignment, flatten, unflatten
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "gd_edge", "sam_edge", "unnormalized_sam_edge",
+    "EigenResult", "FiniteDifferenceHessianOperator", "HessianOperator", "Sharpness", "dense_hessian", "lanczos",
+    "power_iteration", "sharpness",
+    "SAM", "SAMStep", "ascent_point", "sam_step",
+    "alignment", "flatten", "unflatten",
+]

@@ -15,7 +15,6 @@ LayerNorm has no running state and needs nothing special.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
