@@ -156,3 +156,28 @@ def test_loop_measures_minibatch_and_eval_batch():
         assert row["ratio"] == pytest.approx(row["op_norm"] / row["sam_edge"], rel=1e-9)
         assert row["eval_ratio"] == pytest.approx(row["eval_op_norm"] / row["eval_sam_edge"], rel=1e-9)
     assert rec.summary["complete"] and "test_loss" in rec.summary
+
+
+@needs_real
+def test_loop_eval_batch_numbers_match_an_independent_computation():
+    """At step 0 the eval-batch loss, gradient norm and ||H||_op equal a separate computation
+    (plain torch.func gradient; forward-over-reverse HVPs with a tight Lanczos)."""
+    from torch.func import functional_call, grad_and_value
+
+    from samedge.hessian import HessianOperator, lanczos
+    from samedge.losses import parameters_of
+    from samedge.vectors import norm
+
+    cfg = RunConfig(task="shakespeare", eta=0.1, rho=0.1, steps=1, measure_every=1, batch_size=4, options=TINY, seed=3)
+    row = run(cfg, data_dir=REAL, progress=False).frame.iloc[0]
+    torch.manual_seed(cfg.seed)  # the loop seeds before building the task: the same initial weights
+    built = get_task("shakespeare").build(TINY, 4, "cpu", torch.float32, REAL)
+    params = parameters_of(built.model)
+    ex, ey = built.eval_batch
+    fn = lambda p: built.loss(functional_call(built.model, p, (ex,)), ey)
+    g, loss = grad_and_value(fn)(params)
+    op = HessianOperator(fn, params, "forward_over_reverse")
+    ref = lanczos(op, op.size, which="LM", tol=1e-7, max_iter=300, dtype=torch.float32, seed=11)
+    assert row["eval_loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert row["eval_grad_norm"] == pytest.approx(float(norm(g)), rel=1e-5)
+    assert row["eval_op_norm"] == pytest.approx(abs(float(ref.eigenvalues[0])), rel=2e-3)

@@ -232,11 +232,16 @@ def lanczos(
             Q = torch.cat([Q, torch.empty(min(Q.shape[0], max_iter - j), size, dtype=dtype, device=device)])
         Q[j] = q
         w = matvec(q).to(dtype)
-        alpha = torch.dot(w, q)
-        w = w - alpha * q - (betas[-1] * Q[j - 1] if j > 0 else 0)
-        # Full reorthogonalization, twice ("twice is enough") against round-off drift.
-        for _ in range(2):
-            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        # Classical Gram-Schmidt against the whole basis, twice ("twice is enough" against
+        # round-off drift). The coefficient on q is alpha; the pass also removes the three-term
+        # recurrence's beta q_{j-1}, so no separate recurrence step (each pass reads Q twice:
+        # memory-bound, written as (Q w) Q so that both products read Q row-major).
+        basis = Q[: j + 1]
+        c1 = basis @ w
+        w = w - c1 @ basis
+        c2 = basis @ w
+        w = w - c2 @ basis
+        alpha = c1[j] + c2[j]
         beta = torch.linalg.vector_norm(w)
         if not (torch.isfinite(alpha) and torch.isfinite(beta)):
             # A non-finite HVP (a diverged run): report NaN, unconverged, rather than fail in eigh.
@@ -265,7 +270,7 @@ def lanczos(
                 # continue from a random vector orthogonal to it, as ARPACK does (T block-diagonal).
                 w = _start_vector(size, None, dtype, device, seed + j + 1)
                 for _ in range(2):
-                    w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+                    w = w - (Q[: j + 1] @ w) @ Q[: j + 1]
                 beta = torch.zeros_like(beta)
                 q = w / torch.linalg.vector_norm(w)
             else:

@@ -139,9 +139,16 @@ def run(
             if minibatch:
                 ex, ey = task.eval_batch
                 efn = module_loss(model, task.loss, ex, ey)
-                eg, el = grad_and_value(efn)(params)
+                eop = None
+                if cfg.hvp_method == "double_backward":
+                    # The eval gradient comes from the graph the eval HVPs reuse (one gradient saved).
+                    eop = HessianOperator(efn, params, cfg.hvp_method)
+                    el, eg = eop.loss_and_gradient()
+                else:
+                    eg, el = grad_and_value(efn)(params)
                 egn = float(norm(eg))
-                esh = _measure(efn, params, state["v_eval"], cfg, cfg.seed + t + 1)
+                esh = _measure(efn, params, state["v_eval"], cfg, cfg.seed + t + 1, eop)
+                eop = None
                 state["v_eval"] = esh.eigenvector
                 eedge = sam_edge(cfg.eta, cfg.rho, egn)
                 row.update(eval_loss=float(el), eval_grad_norm=egn, eval_op_norm=esh.op_norm,
