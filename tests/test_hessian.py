@@ -311,6 +311,32 @@ def test_lanczos_top_k_from_an_exact_eigenvector():
     assert torch.isfinite(r.eigenvectors).all()
 
 
+
+def test_lanczos_tridiagonal_replays_the_run():
+    """The returned tridiagonal is Q^T A Q: after n steps its eigenvalues are A's (dense eigvalsh),
+    and its leading j x j block gives the estimate recorded after the j-th HVP."""
+    spectrum = [4.0, 3.9, 2.5, 1.0, 0.3, -0.2, -1.5, -3.0]
+    A, _ = random_quadratic(spectrum, seed=4)
+    op = HessianOperator(quadratic_loss(A), {"w": randn(len(spectrum), 0)})
+    r = lanczos(op, op.size, which="LM", tol=1e-14, max_iter=op.size, seed=3)
+    alphas, betas = r.tridiagonal
+    assert alphas.shape == betas.shape == (r.num_hvps,)
+
+    def top_ritz(j):
+        T = torch.diag(alphas[:j]) + torch.diag(betas[: j - 1], 1) + torch.diag(betas[: j - 1], -1)
+        theta = torch.linalg.eigvalsh(T)
+        return theta[theta.abs().argmax()]
+
+    T = torch.diag(alphas) + torch.diag(betas[:-1], 1) + torch.diag(betas[:-1], -1)
+    assert torch.allclose(torch.linalg.eigvalsh(T), torch.linalg.eigvalsh(A), rtol=0, atol=1e-10)
+    for j in range(1, r.num_hvps + 1):
+        assert abs(float(top_ritz(j)) - r.history[j - 1]) <= 1e-12
+    short = lanczos(op, op.size, which="LM", tol=1e-14, max_iter=3, seed=3)
+    assert torch.allclose(short.tridiagonal[0], alphas[:3]) and torch.allclose(short.tridiagonal[1], betas[:3])
+    theta3, S3 = torch.linalg.eigh(T[:3, :3])
+    top3 = int(theta3.abs().argmax())
+    assert abs(float(short.residuals[0]) - float(betas[2] * S3[-1, top3].abs())) <= 1e-10
+
 def test_not_converged_when_max_iter_too_small(problem):
     """With far too few iterations both methods report converged=False and used them all."""
     op = HessianOperator(problem.loss_fn, problem.params)

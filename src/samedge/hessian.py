@@ -169,6 +169,9 @@ class EigenResult:
     residuals: torch.Tensor  # (k,) ||H x - theta x|| for each returned pair
     ritz_range: tuple  # (smallest, largest) Ritz value of the final Krylov space (Lanczos)
     history: list = field(default_factory=list)  # the leading estimate after each HVP (for cost/accuracy studies)
+    # Lanczos only: (alphas, betas) of the tridiagonal, betas[j] the norm of the (j+1)-th residual
+    # vector, so T_j's Ritz residuals are betas[j-1] |s_j|: stopping rules can be replayed offline.
+    tridiagonal: tuple = ()
 
 
 def _start_vector(n: int, v0: Optional[torch.Tensor], dtype, device, seed: int) -> torch.Tensor:
@@ -279,7 +282,8 @@ def lanczos(
     m = len(alphas)
     vecs = (S[:, idx].T.to(dtype) @ Q[:m])
     vecs = vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
-    return EigenResult(theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()), history)
+    tri = (torch.stack(alphas).double(), torch.stack(betas[: m - 1] + [beta]).double())
+    return EigenResult(theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()), history, tri)
 
 
 def power_iteration(
