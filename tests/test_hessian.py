@@ -16,6 +16,7 @@ from samedge.hessian import (
     FiniteDifferenceHessianOperator,
     HessianOperator,
     lanczos,
+    ritz,
     power_iteration,
     sharpness,
 )
@@ -336,6 +337,8 @@ def test_lanczos_tridiagonal_replays_the_run():
     theta3, S3 = torch.linalg.eigh(T[:3, :3])
     top3 = int(theta3.abs().argmax())
     assert abs(float(short.residuals[0]) - float(betas[2] * S3[-1, top3].abs())) <= 1e-10
+    theta_r, res_r = ritz(r.tridiagonal, 3)  # the public replay helper agrees with the 3-step run
+    assert abs(float(theta_r[0]) - float(short.eigenvalues[0])) <= 1e-10 and abs(float(res_r[0]) - float(short.residuals[0])) <= 1e-10
 
 def test_not_converged_when_max_iter_too_small(problem):
     """With far too few iterations both methods report converged=False and used them all."""

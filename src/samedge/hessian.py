@@ -34,6 +34,7 @@ __all__ = [
     "EigenResult",
     "Sharpness",
     "lanczos",
+    "ritz",
     "power_iteration",
     "sharpness",
     "dense_hessian",
@@ -199,6 +200,20 @@ def _select(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
     raise ValueError(f"which must be 'LA', 'SA', 'LM' or 'BE', got {which!r}")
 
 
+def _tridiagonal(alphas: torch.Tensor, off: Optional[torch.Tensor]) -> torch.Tensor:
+    T = torch.diag(alphas)
+    return T if off is None or len(off) == 0 else T + torch.diag(off, 1) + torch.diag(off, -1)
+
+
+def ritz(tridiagonal: tuple, j: int) -> tuple:
+    """(Ritz values largest-|.| first, their residual norms) after the first j steps of a Lanczos
+    run, from its ``EigenResult.tridiagonal``: a stopping rule replayed offline."""
+    alphas, betas = tridiagonal
+    theta, S = torch.linalg.eigh(_tridiagonal(alphas[:j], betas[: j - 1]))
+    order = torch.argsort(theta.abs(), descending=True)
+    return theta[order], (betas[j - 1] * S[-1, order]).abs()
+
+
 def lanczos(
     matvec: Matvec,
     size: int,
@@ -251,11 +266,7 @@ def lanczos(
             nan = torch.full((1 if which != "BE" else 2,), float("nan"), dtype=dtype, device=device)
             return EigenResult(nan, q.reshape(1, -1).repeat(len(nan), 1), j + 1, False, nan.double(), (float("nan"), float("nan")))
         alphas.append(alpha)
-        T = torch.diag(torch.stack(alphas).double())
-        if j > 0:
-            off = torch.stack(betas).double()
-            T = T + torch.diag(off, 1) + torch.diag(off, -1)
-        theta, S = torch.linalg.eigh(T)
+        theta, S = torch.linalg.eigh(_tridiagonal(torch.stack(alphas).double(), torch.stack(betas).double() if betas else None))
         idx = _select(theta, min(k, j + 1) if which != "BE" else 2, which)
         res = (beta.double() * S[-1, idx]).abs()
         history.append(float(theta[idx[0]]))

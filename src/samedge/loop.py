@@ -41,6 +41,15 @@ def _measure(loss_fn, params, v0, cfg: RunConfig, seed: int, op: Optional[Hessia
     return sharpness(op, v0=v0, tol=cfg.lanczos_tol, max_iter=cfg.lanczos_max_iter, seed=seed)
 
 
+def _graph_operator(loss_fn, params, cfg: RunConfig):
+    """(operator, (loss, gradient)) where the HVP graph also yields the gradient (double backward);
+    (None, None) for forward-over-reverse, which has no graph to share."""
+    if cfg.hvp_method != "double_backward":
+        return None, None
+    op = HessianOperator(loss_fn, params, cfg.hvp_method)
+    return op, op.loss_and_gradient()
+
+
 def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -109,11 +118,8 @@ def run(
         loss_fn = module_loss(model, task.loss, x, y)
         measuring = t % cfg.measure_every == 0 or t == cfg.steps
         t0 = time.perf_counter()
-        op, pre = None, None
-        if measuring and cfg.hvp_method == "double_backward":
-            # The HVP graph holds g = grad L(w_t): the SAM step reuses it instead of recomputing.
-            op = HessianOperator(loss_fn, params, cfg.hvp_method)
-            pre = op.loss_and_gradient()
+        # The HVP graph holds g = grad L(w_t): the SAM step reuses it instead of recomputing.
+        op, pre = _graph_operator(loss_fn, params, cfg) if measuring else (None, None)
         tg = time.perf_counter()  # building the graph counts as measurement (conservatively)
         st = sam_step(loss_fn, params, cfg.eta, cfg.rho, cfg.normalize, loss_and_grad=pre)
         t1 = time.perf_counter()
@@ -139,13 +145,8 @@ def run(
             if minibatch:
                 ex, ey = task.eval_batch
                 efn = module_loss(model, task.loss, ex, ey)
-                eop = None
-                if cfg.hvp_method == "double_backward":
-                    # The eval gradient comes from the graph the eval HVPs reuse (one gradient saved).
-                    eop = HessianOperator(efn, params, cfg.hvp_method)
-                    el, eg = eop.loss_and_gradient()
-                else:
-                    eg, el = grad_and_value(efn)(params)
+                eop, epre = _graph_operator(efn, params, cfg)  # the eval gradient from the eval HVP graph
+                el, eg = epre if epre is not None else grad_and_value(efn)(params)[::-1]
                 egn = float(norm(eg))
                 esh = _measure(efn, params, state["v_eval"], cfg, cfg.seed + t + 1, eop)
                 eop = None
