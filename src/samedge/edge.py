@@ -10,14 +10,17 @@ of cancellation when rho/||g|| is small.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 Number = Union[float, int, np.ndarray, torch.Tensor]
 
-__all__ = ["gd_edge", "sam_edge", "unnormalized_sam_edge"]
+__all__ = ["RULES", "rule_of", "edge", "gd_edge", "momentum_edge", "sam_edge", "unnormalized_sam_edge"]
+
+# The update rules whose edges this module knows, as recorded with every run.
+RULES = ("gd", "sam", "usam")
 
 
 def _check(name: str, value: Number, *, positive: bool = False, nonnegative: bool = False) -> None:
@@ -69,3 +72,37 @@ def unnormalized_sam_edge(eta: Number, rho: Number) -> Number:
     _check("eta", eta, positive=True)
     _check("rho", rho, nonnegative=True)
     return _root(eta, rho, 1.0)
+
+
+def momentum_edge(eta: Number, beta: Number) -> Number:
+    """Edge of heavy-ball GD, v <- beta v + g, w <- w - eta v: 2 (1 + beta) / eta.
+
+    On a quadratic the iteration w_{t+1} = (1 + beta - eta lam) w_t - beta w_{t-1} is stable iff
+    0 <= beta < 1 and eta lam <= 2 (1 + beta): the maximal stable sharpness (2 + 2 beta)/eta of
+    Cohen et al. (2021) for Polyak momentum, and the update of ``torch.optim.SGD(momentum=beta)``."""
+    _check("eta", eta, positive=True)
+    _check("beta", beta, nonnegative=True)
+    if not np.all(np.asarray(beta.detach().cpu() if isinstance(beta, torch.Tensor) else beta, dtype=float) < 1):
+        raise ValueError(f"beta must be < 1 (heavy ball diverges otherwise), got {beta!r}")
+    return 2 * (1 + beta) / eta
+
+
+def rule_of(rho: float, normalize: bool = True) -> str:
+    """The update rule a run uses: 'gd' (rho = 0), 'sam' (normalized) or 'usam' (unnormalized)."""
+    if rho == 0:
+        return "gd"
+    return "sam" if normalize else "usam"
+
+
+def edge(rule: str, eta: Number, rho: Number = 0.0, grad_norm: Optional[Number] = None) -> Number:
+    """The edge a run's sharpness is compared with, by update rule: 2/eta for 'gd', the SAM-edge
+    from ||grad L(w)|| for 'sam', the gradient-independent edge for 'usam'."""
+    if rule == "gd":
+        return gd_edge(eta)
+    if rule == "sam":
+        if grad_norm is None:
+            raise ValueError("the SAM-edge of normalized SAM needs grad_norm = ||grad L(w)|| at the measured point")
+        return sam_edge(eta, rho, grad_norm)
+    if rule == "usam":
+        return unnormalized_sam_edge(eta, rho)
+    raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
