@@ -48,7 +48,7 @@ def test_ratio_and_edges_recomputed(record):
     df = record.frame
     for _, row in df.iterrows():
         edge = (row["grad_norm"] / (2 * 0.05)) * (math.sqrt(1 + 8 * 0.05 / (0.3 * row["grad_norm"])) - 1)
-        assert row["sam_edge"] == pytest.approx(edge, rel=1e-9)
+        assert row["edge"] == pytest.approx(edge, rel=1e-9)
         assert row["ratio"] == pytest.approx(row["op_norm"] / edge, rel=1e-9)
         assert row["gd_edge"] == pytest.approx(2 / 0.3)
         assert row["op_norm"] >= row["lambda_max"] - 1e-6 and row["converged"]

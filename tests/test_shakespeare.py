@@ -153,8 +153,8 @@ def test_loop_measures_minibatch_and_eval_batch():
     df = rec.frame
     assert df["step"].tolist() == [0, 2, 4]
     for _, row in df.iterrows():
-        assert row["ratio"] == pytest.approx(row["op_norm"] / row["sam_edge"], rel=1e-9)
-        assert row["eval_ratio"] == pytest.approx(row["eval_op_norm"] / row["eval_sam_edge"], rel=1e-9)
+        assert row["ratio"] == pytest.approx(row["op_norm"] / row["edge"], rel=1e-9)
+        assert row["eval_ratio"] == pytest.approx(row["eval_op_norm"] / row["eval_edge"], rel=1e-9)
     assert rec.summary["complete"] and "test_loss" in rec.summary
 
 

@@ -22,14 +22,14 @@ def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataF
     """Per run: median sharpness/SAM-edge over the second half of training, and context.
 
     ``column="eval_ratio"`` reports the fixed evaluation batch instead (its ||H|| and SAM-edge too)."""
-    # The sharpness and edge behind ``column``: "eval_ratio" -> eval_op_norm / eval_sam_edge.
+    # The sharpness and edge behind ``column``: "eval_ratio" -> eval_op_norm / eval_edge.
     prefix = column[: -len("ratio")] if column.endswith("ratio") else ""
     rows = []
     for r in records:
         df = r.frame
         half = df[df["step"] >= r.config.steps / 2] if not df.empty else df
         h_col = f"{prefix}op_norm" if f"{prefix}op_norm" in df else "op_norm"
-        e_col = f"{prefix}sam_edge" if f"{prefix}sam_edge" in df else "sam_edge"
+        e_col = f"{prefix}edge" if f"{prefix}edge" in df else "edge"
         rows.append({
             "run": run_label(r),
             "rho": r.config.rho,

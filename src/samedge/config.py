@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import torch
 
+from .edge import rule_of
+
 __all__ = ["RunConfig", "ConfigError", "resolve_device"]
 
 
@@ -91,6 +93,11 @@ class RunConfig:
             raise ConfigError(str(err)) from None
 
     @property
+    def rule(self) -> str:
+        """The update rule: 'gd' (rho = 0), 'sam' (normalized) or 'usam' (unnormalized SAM)."""
+        return rule_of(self.rho, self.normalize)
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         """The torch dtype of parameters and data."""
         return getattr(torch, self.dtype)
@@ -114,5 +121,4 @@ class RunConfig:
 
     def run_name(self) -> str:
         """Readable, unique directory name for this run."""
-        kind = "gd" if self.rho == 0 else ("sam" if self.normalize else "usam")
-        return f"{self.task}-{kind}-eta{self.eta:g}-rho{self.rho:g}-seed{self.seed}-{self.fingerprint()}"
+        return f"{self.task}-{self.rule}-eta{self.eta:g}-rho{self.rho:g}-seed{self.seed}-{self.fingerprint()}"

@@ -15,7 +15,8 @@ from torch.func import grad_and_value
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, resolve_device
-from .edge import gd_edge, sam_edge
+from .edge import edge as stability_edge
+from .edge import gd_edge
 from .hessian import HessianOperator, sharpness
 from .losses import module_loss, parameters_of
 from .record import RunRecord, atomic_write_text, environment
@@ -134,10 +135,10 @@ def run(
             sh = _measure(loss_fn, params, state["v"], cfg, cfg.seed + t, op)
             op = None  # frees the retained graph
             state["v"] = sh.eigenvector
-            edge = sam_edge(cfg.eta, cfg.rho, gnorm)
+            edge = stability_edge(cfg.rule, cfg.eta, cfg.rho, gnorm)
             row = dict(
                 step=t, train_loss=loss, grad_norm=gnorm, op_norm=sh.op_norm, lambda_max=sh.lambda_max,
-                lambda_min=sh.lambda_min, sam_edge=edge, gd_edge=edge2, ratio=sh.op_norm / edge if edge > 0 else math.inf,
+                lambda_min=sh.lambda_min, edge=edge, gd_edge=edge2, ratio=sh.op_norm / edge if edge > 0 else math.inf,
                 align_grad=alignment(flatten(st.grad), sh.eigenvector),
                 align_sam_grad=alignment(flatten(st.sam_grad), sh.eigenvector),
                 hvps=sh.num_hvps, converged=sh.converged,
@@ -151,9 +152,9 @@ def run(
                 esh = _measure(efn, params, state["v_eval"], cfg, cfg.seed + t + 1, eop)
                 eop = None
                 state["v_eval"] = esh.eigenvector
-                eedge = sam_edge(cfg.eta, cfg.rho, egn)
+                eedge = stability_edge(cfg.rule, cfg.eta, cfg.rho, egn)
                 row.update(eval_loss=float(el), eval_grad_norm=egn, eval_op_norm=esh.op_norm,
-                           eval_sam_edge=eedge, eval_ratio=esh.op_norm / eedge if eedge > 0 else math.inf, eval_hvps=esh.num_hvps)
+                           eval_edge=eedge, eval_ratio=esh.op_norm / eedge if eedge > 0 else math.inf, eval_hvps=esh.num_hvps)
             if cfg.measure_ascent:
                 ash = _measure(loss_fn, st.ascent_params, state["v_ascent"], cfg, cfg.seed + t + 2)
                 state["v_ascent"] = ash.eigenvector

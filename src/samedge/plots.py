@@ -15,6 +15,8 @@ from .record import RunRecord
 
 __all__ = ["plot_sharpness", "plot_sam_edge_only", "plot_edge_ratio", "plot_alignment", "plot_loss", "save_figure", "LOSS_NOTE"]
 
+# What the edge column holds, by update rule (samedge.edge.edge).
+EDGE_LABELS = {"gd": "$2/\\eta$", "sam": "SAM-edge", "usam": "unnormalized-SAM edge"}
 LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
 
 
@@ -43,17 +45,17 @@ def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_n
     """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run.
 
     ``column`` picks the sharpness (``"eval_op_norm"``: on the fixed evaluation batch) and
-    ``edge_column`` its SAM-edge (default: ``eval_sam_edge`` for ``eval_*`` columns, else ``sam_edge``)."""
+    ``edge_column`` its edge (default: ``eval_edge`` for ``eval_*`` columns, else ``edge``)."""
     recs = _as_list(records)
     if edge_column is None:
-        edge_column = "eval_sam_edge" if column.startswith("eval_") else "sam_edge"
+        edge_column = "eval_edge" if column.startswith("eval_") else "edge"
     fig, axes = _grid(len(recs))
     for ax, r in zip(axes, recs):
         df = r.frame
         if not df.empty:
             ax.plot(df["step"], df[column], color="C0", lw=1.6, label={"op_norm": "$\\|H\\|_{op}$", "eval_op_norm": "$\\|H\\|_{op}$ (eval batch)"}.get(column, column))
             if r.config.rho > 0:
-                ax.plot(df["step"], df[edge_column], color="C1", lw=1.2, label="SAM-edge")
+                ax.plot(df["step"], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.config.rule])
         if show_gd_edge or r.config.rho == 0:
             ax.axhline(2 / r.config.eta, color="k", ls="--", lw=1, label="$2/\\eta$")
         ax.set_title(f"{run_label(r)}, $\\eta$={r.config.eta:g}")

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .edge import gd_edge, sam_edge, unnormalized_sam_edge
+from .edge import edge, rule_of
 from .hessian import dense_hessian
 from .sam import sam_step
 from .vectors import Params, flatten
@@ -133,11 +133,8 @@ class Quadratic:
 
 
 def edge_of(eta: float, rho: float, grad_norm: float, normalize: bool = True) -> float:
-    """The edge a run's sharpness is compared with: 2/eta for GD, the SAM-edge from ``grad_norm``
-    for normalized SAM, the (gradient-independent) unnormalized-SAM edge otherwise."""
-    if rho == 0:
-        return gd_edge(eta)
-    return sam_edge(eta, rho, grad_norm) if normalize else unnormalized_sam_edge(eta, rho)
+    """``samedge.edge.edge`` for the rule that (rho, normalize) names."""
+    return edge(rule_of(rho, normalize), eta, rho, grad_norm)
 
 
 def top_component_factor(

@@ -21,10 +21,10 @@ __all__ = ["RunRecord", "COLUMNS", "TIMING_COLUMNS", "environment", "atomic_writ
 # Every row has these, in this order; minibatch tasks add the eval_* columns, and runs with
 # measure_ascent the ascent_* ones.
 COLUMNS = [
-    "step", "train_loss", "grad_norm", "op_norm", "lambda_max", "lambda_min", "sam_edge", "gd_edge",
+    "step", "train_loss", "grad_norm", "op_norm", "lambda_max", "lambda_min", "edge", "gd_edge",
     "ratio", "align_grad", "align_sam_grad", "hvps", "converged", "train_seconds", "measure_seconds",
 ]
-EVAL_COLUMNS = ["eval_loss", "eval_grad_norm", "eval_op_norm", "eval_sam_edge", "eval_ratio", "eval_hvps"]
+EVAL_COLUMNS = ["eval_loss", "eval_grad_norm", "eval_op_norm", "eval_edge", "eval_ratio", "eval_hvps"]
 ASCENT_COLUMNS = ["ascent_op_norm", "ascent_hvps"]
 TIMING_COLUMNS = ["train_seconds", "measure_seconds"]  # wall-clock: the only non-reproducible columns
 
