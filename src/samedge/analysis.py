@@ -5,9 +5,25 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .record import RunRecord
+from .record import RATIO, SHARPNESS_AND_EDGE, STEP, TRAIN_LOSS, RunRecord
 
-__all__ = ["ratio_table", "interpret_ratios", "run_label"]
+__all__ = ["BANDS", "DEFAULT_BAND", "second_half", "median_ratio", "ratio_table", "interpret_ratios", "run_label"]
+
+# Where a median ratio counts as "at the edge": full-batch runs within [0.9, 1.15]; minibatch
+# noise widens the Transformer's band (SAM and GD alike).
+DEFAULT_BAND = (0.9, 1.15)
+BANDS = {"mnist": DEFAULT_BAND, "cifar10": DEFAULT_BAND, "shakespeare": (0.8, 1.25)}
+
+
+def second_half(df: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """The measurements of the second half of a ``steps``-step run (step >= steps/2)."""
+    return df[df[STEP] >= steps / 2] if not df.empty else df
+
+
+def median_ratio(rec: RunRecord, column: str = RATIO) -> float:
+    """Median of ``column`` (sharpness / edge) over the second half of the run's training."""
+    half = second_half(rec.frame, rec.config.steps)
+    return float(half[column].median()) if len(half) else float("nan")
 
 
 def run_label(rec: RunRecord) -> str:
@@ -18,18 +34,18 @@ def run_label(rec: RunRecord) -> str:
     return f"{'SAM' if c.normalize else 'unnormalized SAM'} rho={c.rho:g}"
 
 
-def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataFrame:
+def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFrame:
     """Per run: median sharpness/SAM-edge over the second half of training, and context.
 
     ``column="eval_ratio"`` reports the fixed evaluation batch instead (its ||H|| and SAM-edge too)."""
-    # The sharpness and edge behind ``column``: "eval_ratio" -> eval_op_norm / eval_edge.
-    prefix = column[: -len("ratio")] if column.endswith("ratio") else ""
+    if column not in SHARPNESS_AND_EDGE:
+        raise ValueError(f"column must be one of {sorted(SHARPNESS_AND_EDGE)}, got {column!r}")
     rows = []
     for r in records:
         df = r.frame
-        half = df[df["step"] >= r.config.steps / 2] if not df.empty else df
-        h_col = f"{prefix}op_norm" if f"{prefix}op_norm" in df else "op_norm"
-        e_col = f"{prefix}edge" if f"{prefix}edge" in df else "edge"
+        half = second_half(df, r.config.steps)
+        # A record without the eval columns (a full-batch run) falls back to the training ones.
+        h_col, e_col = SHARPNESS_AND_EDGE[column if column in df else RATIO]
         rows.append({
             "run": run_label(r),
             "rho": r.config.rho,
@@ -37,8 +53,8 @@ def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataF
             "2/eta": 2 / r.config.eta,
             "median ||H|| (2nd half)": float(half[h_col].median()) if len(half) else float("nan"),
             "median SAM-edge (2nd half)": float(half[e_col].median()) if len(half) else float("nan"),
-            "median ratio (2nd half)": r.median_ratio(column),
-            "final train loss": float(df["train_loss"].iloc[-1]) if len(df) else float("nan"),
+            "median ratio (2nd half)": median_ratio(r, column),
+            "final train loss": float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
             "test loss": r.summary.get("test_loss", float("nan")),
             "test accuracy": r.summary.get("test_accuracy", float("nan")),
             "diverged": r.diverged,
@@ -47,7 +63,7 @@ def ratio_table(records: Sequence[RunRecord], column: str = "ratio") -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = (0.9, 1.15),
+def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND,
                      gd_band: Optional[Tuple[float, float]] = None) -> str:
     """One sentence saying, from the numbers, how closely sharpness tracked its edge.
 

@@ -11,18 +11,15 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from torch.func import grad_and_value
 from tqdm.auto import tqdm
 
-from .config import ConfigError, RunConfig, resolve_device
+from .config import RunConfig, resolve_device
 from .edge import edge as stability_edge
-from .edge import gd_edge
-from .hessian import HessianOperator, sharpness
 from .losses import module_loss, parameters_of
-from .record import RunRecord, atomic_write_text, environment
+from .monitor import measure, prepare
+from .record import MEASURE_SECONDS, OP_NORM, TRAIN_SECONDS, RunRecord, atomic_write_text, environment
 from .sam import sam_step
 from .tasks import get_task
-from .vectors import alignment, flatten, norm
 
 __all__ = ["run", "RunDirError"]
 
@@ -35,20 +32,6 @@ class RunDirError(RuntimeError):
 
 def _finite(*xs: float) -> bool:
     return all(math.isfinite(x) for x in xs)
-
-
-def _measure(loss_fn, params, v0, cfg: RunConfig, seed: int, op: Optional[HessianOperator] = None):
-    op = op or HessianOperator(loss_fn, params, cfg.hvp_method)
-    return sharpness(op, v0=v0, tol=cfg.lanczos_tol, max_iter=cfg.lanczos_max_iter, seed=seed)
-
-
-def _graph_operator(loss_fn, params, cfg: RunConfig):
-    """(operator, (loss, gradient)) where the HVP graph also yields the gradient (double backward);
-    (None, None) for forward-over-reverse, which has no graph to share."""
-    if cfg.hvp_method != "double_backward":
-        return None, None
-    op = HessianOperator(loss_fn, params, cfg.hvp_method)
-    return op, op.loss_and_gradient()
 
 
 def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
@@ -82,8 +65,6 @@ def run(
     ``stop_after`` ends the call after that many steps (leaving a checkpoint), for tests.
     """
     device = resolve_device(cfg.device)
-    if device != cfg.device and cfg.device != "auto":
-        raise ConfigError(f"device {cfg.device!r} resolved to {device!r}")
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         _check_run_dir(run_dir, cfg)
@@ -109,7 +90,7 @@ def run(
     if run_dir is not None:
         atomic_write_text(run_dir / "config.json", json.dumps({"config": cfg.to_dict(), "env": env}, indent=2))
     every_ckpt = cfg.checkpoint_every or max(1, cfg.steps // 20)
-    edge2 = gd_edge(cfg.eta)
+    edge_of = lambda gn: stability_edge(cfg.rule, cfg.eta, cfg.rho, gn)  # noqa: E731
     diverged_at = None
 
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=cfg.run_name()[:40], disable=not progress, leave=False)
@@ -120,49 +101,33 @@ def run(
         measuring = t % cfg.measure_every == 0 or t == cfg.steps
         t0 = time.perf_counter()
         # The HVP graph holds g = grad L(w_t): the SAM step reuses it instead of recomputing.
-        op, pre = _graph_operator(loss_fn, params, cfg) if measuring else (None, None)
+        point = prepare(loss_fn, params, cfg.hvp_method) if measuring else None
         tg = time.perf_counter()  # building the graph counts as measurement (conservatively)
-        st = sam_step(loss_fn, params, cfg.eta, cfg.rho, cfg.normalize, loss_and_grad=pre)
+        st = sam_step(loss_fn, params, cfg.eta, cfg.rho, cfg.normalize,
+                      loss_and_grad=(point.loss, point.grad) if point is not None else None)
         t1 = time.perf_counter()
         state["measure_seconds"] += tg - t0
         if t < cfg.steps:
             state["train_seconds"] += t1 - tg
-        loss, gnorm = float(st.loss), float(st.grad_norm)
-        if not _finite(loss, gnorm):
+        if not _finite(float(st.loss), float(st.grad_norm)):
             diverged_at = t
             break
         if measuring:
-            sh = _measure(loss_fn, params, state["v"], cfg, cfg.seed + t, op)
-            op = None  # frees the retained graph
-            state["v"] = sh.eigenvector
-            edge = stability_edge(cfg.rule, cfg.eta, cfg.rho, gnorm)
-            row = dict(
-                step=t, train_loss=loss, grad_norm=gnorm, op_norm=sh.op_norm, lambda_max=sh.lambda_max,
-                lambda_min=sh.lambda_min, edge=edge, gd_edge=edge2, ratio=sh.op_norm / edge if edge > 0 else math.inf,
-                align_grad=alignment(flatten(st.grad), sh.eigenvector),
-                align_sam_grad=alignment(flatten(st.sam_grad), sh.eigenvector),
-                hvps=sh.num_hvps, converged=sh.converged,
-            )
+            eval_point = None
             if minibatch:
                 ex, ey = task.eval_batch
-                efn = module_loss(model, task.loss, ex, ey)
-                eop, epre = _graph_operator(efn, params, cfg)  # the eval gradient from the eval HVP graph
-                el, eg = epre if epre is not None else grad_and_value(efn)(params)[::-1]
-                egn = float(norm(eg))
-                esh = _measure(efn, params, state["v_eval"], cfg, cfg.seed + t + 1, eop)
-                eop = None
-                state["v_eval"] = esh.eigenvector
-                eedge = stability_edge(cfg.rule, cfg.eta, cfg.rho, egn)
-                row.update(eval_loss=float(el), eval_grad_norm=egn, eval_op_norm=esh.op_norm,
-                           eval_edge=eedge, eval_ratio=esh.op_norm / eedge if eedge > 0 else math.inf, eval_hvps=esh.num_hvps)
-            if cfg.measure_ascent:
-                ash = _measure(loss_fn, st.ascent_params, state["v_ascent"], cfg, cfg.seed + t + 2)
-                state["v_ascent"] = ash.eigenvector
-                row.update(ascent_op_norm=ash.op_norm, ascent_hvps=ash.num_hvps)
+                eval_point = prepare(module_loss(model, task.loss, ex, ey), params, cfg.hvp_method)
+            row, warm = measure(
+                t, point, edge_of, cfg.eta, state, cfg.lanczos_tol, cfg.lanczos_max_iter, cfg.seed + t,
+                sam_grad=st.sam_grad, eval_point=eval_point,
+                ascent_params=st.ascent_params if cfg.measure_ascent else None, ascent_loss=loss_fn,
+            )
+            point = eval_point = None  # frees the retained graphs
+            state.update(warm)
             state["measure_seconds"] += time.perf_counter() - t1
-            row.update(train_seconds=state["train_seconds"], measure_seconds=state["measure_seconds"])
+            row.update({TRAIN_SECONDS: state["train_seconds"], MEASURE_SECONDS: state["measure_seconds"]})
             state["rows"].append(row)
-            if not _finite(sh.op_norm):
+            if not _finite(row[OP_NORM]):
                 diverged_at = t
                 break
         if t == cfg.steps:

@@ -16,17 +16,37 @@ import torch
 
 from .config import RunConfig
 
-__all__ = ["RunRecord", "COLUMNS", "TIMING_COLUMNS", "environment", "atomic_write_text", "load_records"]
-
-# Every row has these, in this order; minibatch tasks add the eval_* columns, and runs with
-# measure_ascent the ascent_* ones.
-COLUMNS = [
-    "step", "train_loss", "grad_norm", "op_norm", "lambda_max", "lambda_min", "edge", "gd_edge",
-    "ratio", "align_grad", "align_sam_grad", "hvps", "converged", "train_seconds", "measure_seconds",
+__all__ = [
+    "RunRecord", "COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "ASCENT_COLUMNS", "SHARPNESS_AND_EDGE", "environment",
+    "atomic_write_text",
 ]
-EVAL_COLUMNS = ["eval_loss", "eval_grad_norm", "eval_op_norm", "eval_edge", "eval_ratio", "eval_hvps"]
-ASCENT_COLUMNS = ["ascent_op_norm", "ascent_hvps"]
-TIMING_COLUMNS = ["train_seconds", "measure_seconds"]  # wall-clock: the only non-reproducible columns
+
+# The record's column names, one constant each (analysis, plots, the loop and the monitor use these).
+STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM = "step", "train_loss", "grad_norm", "op_norm"
+LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE, RATIO = "lambda_max", "lambda_min", "edge", "gd_edge", "ratio"
+ALIGN_GRAD, ALIGN_SAM_GRAD, HVPS, CONVERGED = "align_grad", "align_sam_grad", "hvps", "converged"
+TRAIN_SECONDS, MEASURE_SECONDS = "train_seconds", "measure_seconds"
+EVAL_LOSS, EVAL_GRAD_NORM, EVAL_OP_NORM = "eval_loss", "eval_grad_norm", "eval_op_norm"
+EVAL_EDGE, EVAL_RATIO, EVAL_HVPS = "eval_edge", "eval_ratio", "eval_hvps"
+ASCENT_OP_NORM, ASCENT_HVPS = "ascent_op_norm", "ascent_hvps"
+# EdgeMonitor rows call the training loss "loss" (it is the loss on the monitor's data); a saved
+# monitor record names it TRAIN_LOSS like every other record.
+LOSS = "loss"
+
+# Every row has these, in this order; minibatch tasks add the eval_* columns (after CONVERGED),
+# and runs with measure_ascent the ascent_* ones.
+COLUMNS = [
+    STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM, LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE,
+    RATIO, ALIGN_GRAD, ALIGN_SAM_GRAD, HVPS, CONVERGED, TRAIN_SECONDS, MEASURE_SECONDS,
+]
+# What a fixed evaluation batch records, and under which name (train column -> eval column).
+EVAL_COLUMNS = {TRAIN_LOSS: EVAL_LOSS, GRAD_NORM: EVAL_GRAD_NORM, OP_NORM: EVAL_OP_NORM, EDGE: EVAL_EDGE,
+                RATIO: EVAL_RATIO, HVPS: EVAL_HVPS}
+# What the measurement at the SAM ascent point w~ records.
+ASCENT_COLUMNS = {OP_NORM: ASCENT_OP_NORM, HVPS: ASCENT_HVPS}
+# The sharpness and the edge behind each ratio column.
+SHARPNESS_AND_EDGE = {RATIO: (OP_NORM, EDGE), EVAL_RATIO: (EVAL_OP_NORM, EVAL_EDGE)}
+TIMING_COLUMNS = [TRAIN_SECONDS, MEASURE_SECONDS]  # wall-clock: the only non-reproducible columns
 
 
 def environment(device: str) -> Dict[str, Any]:
@@ -75,15 +95,6 @@ class RunRecord:
         """Whether the run stopped on a non-finite loss, gradient or sharpness."""
         return bool(self.summary.get("diverged", False))
 
-    def median_ratio(self, column: str = "ratio", second_half: bool = True) -> float:
-        """Median of ``column`` (sharpness / SAM-edge) over the measurements of the second half of training."""
-        df = self.frame
-        if df.empty:
-            return float("nan")
-        if second_half:
-            df = df[df["step"] >= self.config.steps / 2]
-        return float(df[column].median()) if len(df) else float("nan")
-
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write config.json, record.csv and summary.json into ``run_dir`` (atomically each)."""
         d = Path(run_dir)
@@ -102,10 +113,3 @@ class RunRecord:
         summary = json.loads((d / "summary.json").read_text())
         return cls(RunConfig.from_dict(meta["config"]), rows, summary, meta.get("env", {}))
 
-
-def load_records(results_dir: str | os.PathLike) -> List[RunRecord]:
-    """Every complete record under ``results_dir`` (one per run directory), sorted by rho."""
-    out = []
-    for d in sorted(Path(results_dir).glob("*/summary.json")):
-        out.append(RunRecord.load(d.parent))
-    return sorted(out, key=lambda r: (r.config.task, r.config.rho))

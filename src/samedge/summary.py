@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .analysis import ratio_table
+from .analysis import BANDS, DEFAULT_BAND, ratio_table
 from .experiment import run_experiment
 from .presets import resolve_params
 from .record import RunRecord
@@ -16,8 +16,6 @@ from .record import RunRecord
 __all__ = ["EXPERIMENTS", "BANDS", "experiment_records", "summary_table", "summary_sentence", "summary_styler", "plot_summary"]
 
 EXPERIMENTS = ("mnist", "cifar10", "shakespeare")
-# Where a median ratio counts as "at the edge": minibatch noise widens the Transformer's band.
-BANDS = {"mnist": (0.9, 1.15), "cifar10": (0.9, 1.15), "shakespeare": (0.8, 1.25)}
 
 
 def experiment_records(
@@ -38,7 +36,7 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
     frames = []
     for task, recs in records.items():
         t = ratio_table(recs)
-        lo, hi = BANDS.get(task, (0.9, 1.15))
+        lo, hi = BANDS.get(task, DEFAULT_BAND)
         t.insert(0, "task", task)
         t["band"] = f"[{lo:g}, {hi:g}]"
         r = t["median ratio (2nd half)"]
@@ -77,7 +75,7 @@ def plot_summary(table: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False, constrained_layout=True)
     for ax, task in zip(axes[0], tasks):
         t = table[table["task"] == task]
-        lo, hi = BANDS.get(task, (0.9, 1.15))
+        lo, hi = BANDS.get(task, DEFAULT_BAND)
         ax.axhspan(lo, hi, color="C2", alpha=0.15, label=f"band [{lo:g}, {hi:g}]")
         ax.axhline(1, color="k", lw=1, ls="--")
         labels = [("GD" if rho == 0 else f"{rho:g}") for rho in t["rho"]]

@@ -12,13 +12,14 @@ from torch import nn
 from .losses import masked_cross_entropy, squared_loss
 from .models import CNN, MLP, Transformer
 
-__all__ = ["Task", "Built", "get_task", "register_task", "TASKS", "MNISTTask", "CIFAR10Task", "ShakespeareTask"]
+__all__ = ["Task", "TaskInstance", "get_task", "register_task", "TASKS", "MNISTTask", "CIFAR10Task", "ShakespeareTask",
+           "CustomTask"]
 
 Batch = tuple  # (inputs, targets)
 
 
 @dataclass
-class Built:
+class TaskInstance:
     """A task made concrete for one run."""
 
     model: nn.Module
@@ -48,13 +49,13 @@ class Task:
         """Raise ValueError naming the option if any is unknown or out of range."""
         _check_options(self.name, options, self.defaults)
 
-    def options(self, options: dict) -> dict:
+    def resolve_options(self, options: dict) -> dict:
         """Defaults overridden by ``options``."""
         self.validate(options)
         return {**self.defaults, **options}
 
     def build(self, options: dict, batch_size: Optional[int], device: str, dtype: torch.dtype,
-              data_dir: Optional[str | os.PathLike]) -> Built:
+              data_dir: Optional[str | os.PathLike]) -> TaskInstance:
         """Load the data and make the model (seeded by the caller)."""
         raise NotImplementedError
 
@@ -86,11 +87,11 @@ def subset_sampler(x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int]) 
 
 
 def squared_loss_classification(model: nn.Module, train, test, batch_size: Optional[int], device: str,
-                                 dtype: torch.dtype) -> Built:
+                                 dtype: torch.dtype) -> TaskInstance:
     """An image-classification task as the paper sets it up: squared loss on one-hot targets,
     full batch or random minibatches, test loss and accuracy at the end."""
     train, test = train.to(device, dtype), test.to(device, dtype)
-    return Built(
+    return TaskInstance(
         model.to(device=device, dtype=dtype),
         squared_loss,
         subset_sampler(train.inputs, train.targets, batch_size),
@@ -111,11 +112,11 @@ class MNISTTask(Task):
         if options.get("n_train", 1) > 60000 or options.get("n_test", 1) > 10000:
             raise ValueError(f"MNIST has 60000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}")
 
-    def build(self, options, batch_size, device, dtype, data_dir) -> Built:
+    def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load MNIST (see ``samedge.data.load_mnist``) and make the MLP."""
         from .data import load_mnist
 
-        o = self.options(options)
+        o = self.resolve_options(options)
         train, test = load_mnist(o["n_train"], o["n_test"], data_dir=data_dir)
         return squared_loss_classification(MLP(784, o["width"], o["depth"], 10), train, test, batch_size, device, dtype)
 
@@ -135,11 +136,11 @@ class CIFAR10Task(Task):
         if options.get("num_blocks", 1) > 5:
             raise ValueError(f"num_blocks must be <= 5 (each block halves the 32x32 image), got {options['num_blocks']}")
 
-    def build(self, options, batch_size, device, dtype, data_dir) -> Built:
+    def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load CIFAR-10 (see ``samedge.data.load_cifar10``) and make the CNN."""
         from .data import load_cifar10
 
-        o = self.options(options)
+        o = self.resolve_options(options)
         train, test = load_cifar10(o["n_train"], o["n_test"], data_dir=data_dir)
         model = CNN(3, 32, o["num_blocks"], o["layers_per_block"], o["base_channels"], 10)
         return squared_loss_classification(model, train, test, batch_size, device, dtype)
@@ -177,11 +178,11 @@ class ShakespeareTask(Task):
     defaults = {"num_layers": 6, "num_heads": 8, "key_size": 32, "model_size": 128, "sequence_length": 64,
                 "eval_batch_size": 128, "n_test_crops": 1024}
 
-    def build(self, options, batch_size, device, dtype, data_dir) -> Built:
+    def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load the text (see ``samedge.data.load_shakespeare``) and make the Transformer."""
         from .data import VOCAB_SIZE, load_shakespeare, random_crops
 
-        o = self.options(options)
+        o = self.resolve_options(options)
         if batch_size is None:
             raise ValueError("the shakespeare task trains on random crops: set batch_size (the paper uses 128)")
         train, test = load_shakespeare(data_dir=data_dir)
@@ -191,7 +192,7 @@ class ShakespeareTask(Task):
         model = model.to(device=device, dtype=dtype)
         eval_batch = random_crops(test, o["eval_batch_size"], L, torch.Generator().manual_seed(EVAL_BATCH_SEED))
         test_x, test_y = random_crops(test, o["n_test_crops"], L, torch.Generator().manual_seed(TEST_CROPS_SEED))
-        return Built(
+        return TaskInstance(
             model,
             masked_cross_entropy,
             lambda step, gen: random_crops(train, batch_size, L, gen),
@@ -199,6 +200,19 @@ class ShakespeareTask(Task):
             eval_batch=eval_batch,
             num_train=len(train),
         )
+
+
+class CustomTask(Task):
+    """The records of a user's own training loop (``samedge.EdgeMonitor.save``): plotted and
+    tabulated like ours, but not rerunnable, since the model, data and loop are the user's."""
+
+    name = "custom"
+    defaults: dict = {}
+
+    def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
+        """Always an error: samedge cannot rerun a loop it did not write."""
+        raise ValueError("task 'custom' holds records of your own training loop (EdgeMonitor.save); "
+                         "samedge.loop.run cannot rerun it: use one of the registered tasks 'mnist', 'cifar10', 'shakespeare'")
 
 
 TASKS: Dict[str, Task] = {}
@@ -213,6 +227,7 @@ def register_task(task: Task) -> Task:
 register_task(MNISTTask())
 register_task(CIFAR10Task())
 register_task(ShakespeareTask())
+register_task(CustomTask())
 
 
 def get_task(name: str) -> Task:
