@@ -125,22 +125,32 @@ def test_invalid_hyperparameters(eta, rho, name):
     problem = get_problem("mlp")
     with pytest.raises(ValueError, match=rf"^{name} must"):
         sam_step(problem.loss_fn, problem.params, eta, rho)
-    with pytest.raises(ValueError, match=rf"^{name} must"):
-        SAM(copy.deepcopy(problem.model).parameters(), lr=eta, rho=rho)
+    with pytest.raises(ValueError, match=rf"^{'lr' if name == 'eta' else name} must"):
+        SAM(copy.deepcopy(problem.model).parameters(), torch.optim.SGD, lr=eta, rho=rho)
 
 
-def _optimizer_run(problem, make_groups, steps, rho, normalize=True):
-    """Run the SAM optimizer on a copy of the module; returns (final params dict, losses)."""
+def _optimizer_run(problem, make_groups, steps, rho, normalize=True, use_closure=False):
+    """SAM(SGD) on a copy of the module, davda54-style (first_step/second_step, or a closure
+    called once after the caller's own backward); returns (final params dict, losses at w)."""
     model = copy.deepcopy(problem.model)
-    opt = SAM(make_groups(model), lr=0.05, rho=rho, normalize=normalize)
-
-    def closure():
-        opt.zero_grad()
+    opt = SAM(make_groups(model), torch.optim.SGD, rho=rho, normalize=normalize, lr=0.05)
+    losses = []
+    for _ in range(steps):
         loss = problem.loss(model(problem.inputs), problem.targets)
         loss.backward()
-        return loss
+        losses.append(float(loss.detach()))
+        if use_closure:
+            def closure():
+                loss = problem.loss(model(problem.inputs), problem.targets)
+                loss.backward()
+                return loss
 
-    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
+            opt.step(closure)
+            opt.zero_grad()
+        else:
+            opt.first_step(zero_grad=True)
+            problem.loss(model(problem.inputs), problem.targets).backward()
+            opt.second_step(zero_grad=True)
     return {k: v.detach().clone() for k, v in model.named_parameters()}, losses
 
 
@@ -153,16 +163,112 @@ def _sam_step_run(problem, steps, eta, rho, normalize=True):
     return params, losses
 
 
+@pytest.mark.parametrize("use_closure", [False, True])
 @pytest.mark.parametrize("rho, normalize", [(0.1, True), (0.1, False), (0.0, True)])
 @pytest.mark.parametrize("name", ["mlp", "transformer"])
-def test_optimizer_matches_sam_step(name, rho, normalize):
-    """Three closure-based SAM optimizer steps on the nn.Module give the same parameters and
-    losses as three sam_step updates."""
+def test_optimizer_matches_sam_step(name, rho, normalize, use_closure):
+    """Three SAM(SGD) steps on the nn.Module (first/second step, or step(closure)) give the same
+    parameters and losses as three sam_step updates."""
     problem = get_problem(name)
-    got, got_losses = _optimizer_run(problem, lambda m: m.parameters(), 3, rho, normalize)
+    got, got_losses = _optimizer_run(problem, lambda m: m.parameters(), 3, rho, normalize, use_closure)
     want, want_losses = _sam_step_run(problem, 3, 0.05, rho, normalize)
     assert_trees_close(got, want)
     assert got_losses == pytest.approx(want_losses, rel=1e-12)
+
+
+def test_optimizer_reproduces_sam_step_in_float32_over_20_steps():
+    """samedge.SAM(torch.optim.SGD) and sam_step agree to float32 round-off over 20 steps of an
+    MLP on fixed data (the paper's SAM, normalized and unnormalized)."""
+    from samedge.models import MLP
+    from samedge.losses import parameters_of, squared_loss
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 20, generator=gen)
+    y = torch.nn.functional.one_hot(torch.randint(0, 4, (64,), generator=gen), 4).float()
+    for normalize in (True, False):
+        torch.manual_seed(0)
+        model = MLP(20, 32, 2, 4)
+        params = parameters_of(model)
+        fn = module_loss(model, squared_loss, x, y)
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, normalize=normalize, lr=0.5)
+        for _ in range(20):
+            squared_loss(model(x), y).backward()
+            opt.first_step(zero_grad=True)
+            squared_loss(model(x), y).backward()
+            opt.second_step(zero_grad=True)
+            params = sam_step(fn, params, 0.5, 0.05, normalize).params
+        moved = max(float((params[k] - parameters_of(MLP(20, 32, 2, 4))[k]).abs().max()) for k in params)
+        for k, p in model.named_parameters():
+            assert torch.allclose(p.detach(), params[k], rtol=1e-5, atol=1e-6), (normalize, k)
+        assert moved > 1e-3  # the weights did move: the comparison is not of two initializations
+
+
+def test_davda54_readme_loops_run_unchanged():
+    """The two training loops of davda54/sam's README, as written there (SGD with momentum 0.9),
+    equal a hand-computed SAM + heavy-ball update: w~ = w + rho g/||g||, buf = 0.9 buf + grad L(w~),
+    w -= lr buf (torch's SGD momentum, buf = grad L(w~) at the first step)."""
+    from samedge import SAM as ImportedSAM
+
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 6, generator=gen, dtype=F64), torch.randn(16, 2, generator=gen, dtype=F64)) for _ in range(4)]
+    loss_function = torch.nn.MSELoss()
+
+    def YourModel():
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+    def readme_first_second_step():
+        model = YourModel()
+        base_optimizer = torch.optim.SGD  # define an optimizer for the "sharpness-aware" update
+        optimizer = ImportedSAM(model.parameters(), base_optimizer, lr=0.1, momentum=0.9)
+        for input, output in data:
+            # first forward-backward pass
+            loss = loss_function(output, model(input))  # use this loss for any training statistics
+            loss.backward()
+            optimizer.first_step(zero_grad=True)
+            # second forward-backward pass
+            loss_function(output, model(input)).backward()  # make sure to do a full forward pass
+            optimizer.second_step(zero_grad=True)
+        return model
+
+    def readme_closure():
+        model = YourModel()
+        base_optimizer = torch.optim.SGD  # define an optimizer for the "sharpness-aware" update
+        optimizer = ImportedSAM(model.parameters(), base_optimizer, lr=0.1, momentum=0.9)
+        for input, output in data:
+            def closure():
+                loss = loss_function(output, model(input))
+                loss.backward()
+                return loss
+
+            loss = loss_function(output, model(input))
+            loss.backward()
+            optimizer.step(closure)
+            optimizer.zero_grad()
+        return model
+
+    model = YourModel()
+    names = [n for n, _ in model.named_parameters()]
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buf = None
+
+    def grads_at(params, x, y):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                p.copy_(params[n])
+        # note the README's argument order loss_function(output, model(input)): MSE is symmetric
+        return dict(zip(names, torch.autograd.grad(loss_function(m(x), y), list(m.parameters()))))
+
+    for x, y in data:
+        g = grads_at(w, x, y)
+        gn = torch.sqrt(sum((t**2).sum() for t in g.values()))
+        g_tilde = grads_at({n: w[n] + 0.05 * g[n] / gn for n in names}, x, y)
+        buf = g_tilde if buf is None else {n: 0.9 * buf[n] + g_tilde[n] for n in names}
+        w = {n: w[n] - 0.1 * buf[n] for n in names}
+    for make in (readme_first_second_step, readme_closure):
+        got = {n: p.detach() for n, p in make().named_parameters()}
+        assert_trees_close(got, w)
 
 
 def _two_groups(model, **second):
@@ -207,22 +313,55 @@ def test_optimizer_two_groups_with_different_learning_rates():
     assert_trees_close(got, params)
 
 
+def test_optimizer_adaptive_is_asam():
+    """adaptive=True: w~ = w + rho w^2 g / || |w| g ||, then the SGD step with grad L(w~) (hand-computed)."""
+    problem = get_problem("mlp")
+    model = copy.deepcopy(problem.model)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, adaptive=True, lr=0.05)
+    problem.loss(model(problem.inputs), problem.targets).backward()
+    opt.first_step(zero_grad=True)
+    problem.loss(model(problem.inputs), problem.targets).backward()
+    opt.second_step(zero_grad=True)
+    w = problem.params
+    _, g = grad_by_hand(problem, w)
+    gn = global_norm({k: w[k].abs() * g[k] for k in w})
+    _, g_tilde = grad_by_hand(problem, {k: w[k] + 0.5 * w[k] ** 2 * g[k] / gn for k in w})
+    assert_trees_close({k: p.detach() for k, p in model.named_parameters()}, {k: w[k] - 0.05 * g_tilde[k] for k in w})
+
+
 def test_optimizer_zero_gradient_and_missing_closure():
-    """At a stationary point the optimizer leaves the weights unchanged without NaN; step()
-    without a closure is a ValueError."""
+    """At a stationary point the optimizer takes no ascent and leaves the weights unchanged without
+    NaN; step() without a closure, or before any backward, is a ValueError."""
     w = torch.nn.Parameter(torch.zeros(3, dtype=F64))
-    opt = SAM([w], lr=0.1, rho=0.5)
+    opt = SAM([w], torch.optim.SGD, lr=0.1, rho=0.5)
+    with pytest.raises(ValueError, match="backward"):
+        opt.first_step()
 
     def closure():
-        opt.zero_grad()
         loss = (w**2).sum()
         loss.backward()
         return loss
 
+    closure()
     opt.step(closure)
     assert torch.equal(w.detach(), torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="closure"):
         opt.step()
+
+
+def test_optimizer_state_dict_round_trip():
+    """load_state_dict keeps the base optimizer on the shared param groups (momentum buffers too)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=F64))
+    opt = SAM([w], torch.optim.SGD, lr=0.1, rho=0.05, momentum=0.9)
+    (w**2).sum().backward()
+    opt.step(lambda: (w**2).sum().backward())
+    state = copy.deepcopy(opt.state_dict())
+    w2 = torch.nn.Parameter(w.detach().clone())
+    opt2 = SAM([w2], torch.optim.SGD, lr=0.1, rho=0.05, momentum=0.9)
+    opt2.load_state_dict(state)
+    opt2.param_groups[0]["lr"] = 0.01
+    assert opt2.base_optimizer.param_groups[0]["lr"] == 0.01
+    assert torch.equal(opt2.base_optimizer.state[w2]["momentum_buffer"], opt.base_optimizer.state[w]["momentum_buffer"])
 
 
 def test_sam_step_reproduces_module_loss_gradient():

@@ -73,48 +73,89 @@ def sam_step(
 
 
 class SAM(torch.optim.Optimizer):
-    """Closure-based SAM optimizer for ordinary training loops (no momentum, no weight decay).
+    """SAM with the interface of davda54/sam (the PyTorch SAM most code uses), plus ``normalize``.
 
-    ``closure`` must zero the gradients, compute the loss on the *same* batch, call
-    ``backward()`` and return the loss; it is called twice per step (at w and at w~)::
+    ``SAM(params, base_optimizer, rho=0.05, adaptive=False, normalize=True, **kwargs)`` makes
+    ``base_optimizer(self.param_groups, **kwargs)`` (e.g. ``torch.optim.SGD, lr=0.1``) and shares
+    its param groups and state (so schedulers and ``lr`` edits reach both, and ``state_dict()``
+    holds the base optimizer's state, e.g. momentum buffers). Per step, on one batch::
 
-        opt = SAM(model.parameters(), lr=0.01, rho=0.1)
-        def closure():
-            opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); return loss
-        loss = opt.step(closure)
+        loss_fn(model(x), y).backward()       # g = grad L(w)
+        optimizer.first_step(zero_grad=True)   # w -> w~ = w + rho g/||g||  (w + rho g if not normalize)
+        loss_fn(model(x), y).backward()       # grad L(w~)
+        optimizer.second_step(zero_grad=True)  # back to w, then the base step with grad L(w~)
+
+    or ``loss.backward(); optimizer.step(closure)`` with a closure that recomputes the loss on the
+    same batch and calls ``backward()`` (called once, at w~). ||g|| is global over all param
+    groups; ``adaptive=True`` is ASAM (the ascent scaled by w^2, the norm by |w|). At g = 0 there
+    is no ascent direction: w~ = w, and the base optimizer steps with the gradient at w. With
+    ``torch.optim.SGD`` without momentum this is the paper's SAM, ``sam_step``.
     """
 
-    def __init__(self, params: Iterable, lr: float, rho: float, normalize: bool = True):
-        _validate(lr, rho)
-        super().__init__(params, dict(lr=lr, rho=rho, normalize=normalize))
+    def __init__(self, params: Iterable, base_optimizer: Callable[..., torch.optim.Optimizer], rho: float = 0.05,
+                 adaptive: bool = False, normalize: bool = True, **kwargs):
+        if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 <= rho < float("inf")):
+            raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+        if "lr" in kwargs and not (isinstance(kwargs["lr"], (int, float)) and 0 < kwargs["lr"] < float("inf")):
+            raise ValueError(f"lr must be a finite number > 0, got {kwargs['lr']!r}")
+        if not callable(base_optimizer):
+            raise TypeError(f"base_optimizer must be an optimizer class such as torch.optim.SGD, got {base_optimizer!r}")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, normalize=normalize, **kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        # One state too, so state_dict() carries the base optimizer's (e.g. momentum buffers).
+        self.state = self.base_optimizer.state
+        self.defaults.update(self.base_optimizer.defaults)
+
+    def _grad_norm(self) -> torch.Tensor:
+        """||g|| over every parameter with a gradient (|w| g for adaptive groups), on one device."""
+        device = self.param_groups[0]["params"][0].device
+        norms = [((p.abs() if g["adaptive"] else 1.0) * p.grad).norm(p=2).to(device)
+                 for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not norms:
+            raise ValueError("no parameter has a gradient: call loss.backward() at w before first_step() / step(closure)")
+        return torch.linalg.vector_norm(torch.stack(norms))
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:  # type: ignore[override]
-        """Take one SAM step; returns the loss at w (before the step)."""
-        if closure is None:
-            raise ValueError("SAM.step needs a closure that recomputes the loss on the same batch")
-        with torch.enable_grad():
-            loss = closure()
-        with_grad = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
-        # The normalization is global over all parameters, as in the paper, not per group.
-        gn = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for _, p in with_grad])) if with_grad else 0.0
-        shifts = []
-        for group, p in with_grad:
-            if group["rho"] == 0:
-                continue
-            if group["normalize"]:
-                if gn == 0:
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move to the ascent point w~ (remembering w); ``zero_grad`` clears g afterwards."""
+        grad_norm = self._grad_norm()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
                     continue
-                e = (group["rho"] / gn) * p.grad
-            else:
-                e = group["rho"] * p.grad
-            p.add_(e)
-            shifts.append((p, e))
-        if shifts:
-            with torch.enable_grad():
-                closure()
-            for p, e in shifts:
-                p.sub_(e)
-        for group, p in with_grad:
-            p.add_(p.grad, alpha=-group["lr"])
-        return loss
+                self.state[p]["old_p"] = p.detach().clone()
+                if group["rho"] == 0 or (group["normalize"] and grad_norm == 0):
+                    continue  # no ascent: w~ = w (GD, or no direction at a stationary point)
+                scale = group["rho"] / grad_norm.to(p) if group["normalize"] else group["rho"]
+                p.add_((torch.pow(p, 2) if group["adaptive"] else 1.0) * p.grad * scale)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Return to w and take the base optimizer's step with the gradient at w~."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "old_p" in self.state[p]:  # even if no gradient reached p at w~
+                    p.copy_(self.state[p].pop("old_p"))
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> None:  # type: ignore[override]
+        """One SAM step after the caller's own backward at w: ``closure`` (forward and backward
+        on the same batch) is called once, at w~."""
+        if closure is None:
+            raise ValueError("SAM.step needs a closure that recomputes the loss on the same batch and calls backward()")
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load state and keep the base optimizer on the shared param groups and state."""
+        super().load_state_dict(state_dict)
+        self.base_optimizer.param_groups = self.param_groups
+        self.base_optimizer.state = self.state
