@@ -1,0 +1,319 @@
+"""EdgeMonitor against independent references: dense float64 Hessians, hand-computed gradients,
+closed-form edges, real heavy-ball steps on a quadratic, and loop.run's rows on one problem."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import reference_hessian
+from samedge import SAM, EdgeMonitor
+from samedge.edge import momentum_edge
+from samedge.monitor import edge_spec
+
+F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("single_thread")
+HAS_MNIST = bool(os.environ.get("SAMEDGE_DATA_DIR")) and (Path(os.environ.get("SAMEDGE_DATA_DIR", "")) / "MNIST" / "raw").is_dir()
+needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
+
+
+def tiny(seed=0, bn=False):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(5, 6), nn.Tanh()] + ([nn.BatchNorm1d(6)] if bn else []) + [nn.Linear(6, 3)]
+    return nn.Sequential(*layers).double()
+
+
+def data(n=12, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=gen, dtype=F64), torch.randn(n, 3, generator=gen, dtype=F64)
+
+
+def dense(model, loss, x, y):
+    """(loss, grad, Hessian) of loss(model(x), y) in the parameters, by plain autograd on a copy."""
+    m = copy.deepcopy(model)
+    names = [n for n, _ in m.named_parameters()]
+    shapes = {n: p.shape for n, p in m.named_parameters()}
+    flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    def f(v):
+        params, i = {}, 0
+        for n in names:
+            k = math.prod(shapes[n])
+            params[n] = v[i:i + k].reshape(shapes[n])
+            i += k
+        return loss(torch.func.functional_call(m, params, (x,)), y)
+
+    v = flat.clone().requires_grad_(True)
+    val = f(v)
+    (g,) = torch.autograd.grad(val, v)
+    return float(val), g, reference_hessian(lambda p: f(torch.cat([p[n].reshape(-1) for n in names])),
+                                              {n: p.detach() for n, p in m.named_parameters()})
+
+
+def test_full_batch_numbers_match_dense_hessian():
+    """loss, ||g||, ||H||_op, lambda_max, lambda_min (Ritz bound) and the GD edge 2/lr on one batch."""
+    model, (x, y) = tiny(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=1, tol=1e-10, max_iter=200)
+    row = mon.measure()
+    loss, g, H = dense(model, nn.MSELoss(), x, y)
+    ev = torch.linalg.eigvalsh(H)
+    assert row["loss"] == pytest.approx(loss, rel=1e-12)
+    assert row["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-10)
+    assert row["op_norm"] == pytest.approx(float(ev.abs().max()), rel=1e-8)
+    assert row["lambda_max"] == pytest.approx(float(ev.max()), rel=1e-8)
+    assert row["lambda_min"] >= float(ev.min()) - 1e-8
+    assert row["edge"] == row["gd_edge"] == pytest.approx(2 / 0.2)
+    assert row["ratio"] == pytest.approx(float(ev.abs().max()) * 0.2 / 2, rel=1e-8)
+    assert row["converged"] and row["step"] == 0 and row["hvps"] > 0
+
+
+def test_iterable_of_batches_is_the_size_weighted_full_data_hessian():
+    """Unequal batches (5, 3, 4) give the loss, gradient and Hessian of the mean over all 12 examples."""
+    model, (x, y) = tiny(), data()
+    batches = [(x[:5], y[:5]), (x[5:8], y[5:8]), (x[8:], y[8:])]
+    mon = EdgeMonitor(model, nn.MSELoss(), batches, torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200)
+    row = mon.measure()
+    loss, g, H = dense(model, nn.MSELoss(), x, y)
+    assert row["loss"] == pytest.approx(loss, rel=1e-12)
+    assert row["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-10)
+    assert row["op_norm"] == pytest.approx(float(torch.linalg.eigvalsh(H).abs().max()), rel=1e-8)
+
+
+def test_step_returns_none_between_measurements():
+    """every=3: step() returns None twice, then the row (step 3), and so on; rows and frame follow."""
+    model, (x, y) = tiny(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=3)
+    out = []
+    for _ in range(7):
+        opt.zero_grad()
+        nn.MSELoss()(model(x), y).backward()
+        opt.step()
+        out.append(mon.step())
+    assert [r is None for r in out] == [True, True, False, True, True, False, True]
+    assert [r["step"] for r in mon.rows] == [3, 6] and out[2] is mon.rows[0]
+    assert set(["step", "loss", "grad_norm", "op_norm", "edge", "ratio", "hvps", "converged"]) <= set(out[2])
+    assert mon.to_frame()["step"].tolist() == [3, 6]
+
+
+def test_leaves_parameters_grads_modes_and_buffers_as_found():
+    """Parameters bitwise unchanged, .grad None stays None and set grads unchanged, each module's
+    train/eval flag restored, BatchNorm running statistics untouched (eval and train mode)."""
+    model, (x, y) = tiny(bn=True), data()
+    model.train()
+    model[2].eval()  # a mixed state must come back mixed
+    nn.MSELoss()(model(x), y).backward()
+    model[0].weight.grad = None  # one parameter without a gradient
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    grads = {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()}
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    flags = [m.training for m in model.modules()]
+    for train_mode in (False, True):
+        EdgeMonitor(model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), train_mode=train_mode).measure()
+        assert all(torch.equal(p, params[k]) for k, p in model.named_parameters())
+        for k, p in model.named_parameters():
+            assert (p.grad is None) if grads[k] is None else torch.equal(p.grad, grads[k])
+        assert all(torch.equal(b, buffers[k]) for k, b in model.named_buffers())
+        assert [m.training for m in model.modules()] == flags
+
+
+def test_batchnorm_measured_in_eval_mode_by_default():
+    """With BatchNorm the default measures the eval-mode loss (running statistics): its dense Hessian."""
+    model, (x, y) = tiny(bn=True), data()
+    with torch.no_grad():
+        model[2].running_mean.uniform_(-0.5, 0.5)
+        model[2].running_var.uniform_(0.5, 2.0)
+    model.train()
+    row = EdgeMonitor(model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200).measure()
+    ref = copy.deepcopy(model).eval()
+    _, _, H = dense(ref, nn.MSELoss(), x, y)
+    assert row["op_norm"] == pytest.approx(float(torch.linalg.eigvalsh(H).abs().max()), rel=1e-8)
+    _, _, Htrain = dense(copy.deepcopy(model).train(), nn.MSELoss(), x, y)  # and it is not the train-mode one
+    assert abs(float(torch.linalg.eigvalsh(Htrain).abs().max()) - row["op_norm"]) > 1e-3 * row["op_norm"]
+
+
+def _sgd(model, **kw):
+    return torch.optim.SGD(model.parameters(), **kw)
+
+
+def test_edges_read_from_the_optimizer():
+    """2/lr for SGD, 2(1+beta)/lr for heavy ball, the SAM-edge from ||g|| at the measured point for
+    SAM, the rho-only edge for unnormalized SAM (closed forms typed here); lr followed through a schedule."""
+    model, (x, y) = tiny(), data()
+    mon = lambda opt: EdgeMonitor(model, nn.MSELoss(), (x, y), opt)  # noqa: E731
+    assert mon(_sgd(model, lr=0.25)).measure()["edge"] == pytest.approx(8.0)
+    assert mon(_sgd(model, lr=0.25, momentum=0.9)).measure()["edge"] == pytest.approx(2 * 1.9 / 0.25)
+    row = mon(SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.25)).measure()
+    gn = row["grad_norm"]
+    assert row["edge"] == pytest.approx((gn / (2 * 0.05)) * (math.sqrt(1 + 8 * 0.05 / (0.25 * gn)) - 1), rel=1e-10)
+    assert row["gd_edge"] == pytest.approx(8.0) and 0 <= row["align_sam_grad"] <= 1
+    row = mon(SAM(model.parameters(), torch.optim.SGD, rho=0.05, normalize=False, lr=0.25)).measure()
+    assert row["edge"] == pytest.approx((math.sqrt(1 + 8 * 0.05 / 0.25) - 1) / (2 * 0.05), rel=1e-10)
+    opt = _sgd(model, lr=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    m = mon(opt)
+    opt.step()
+    sched.step()
+    assert m.measure()["edge"] == pytest.approx(2 / 0.25)
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda m: _sgd(m, lr=0.1, momentum=0.9, nesterov=True), "nesterov"),
+    (lambda m: _sgd(m, lr=0.1, momentum=0.9, dampening=0.1), "dampening"),
+    (lambda m: _sgd(m, lr=0.1, weight_decay=1e-4), "weight_decay"),
+    (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "Adam"),
+    (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9), "momentum"),
+    (lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.05, lr=0.1), "Adam"),
+    (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, adaptive=True, lr=0.1), "adaptive"),
+    (lambda m: torch.optim.SGD([{"params": [m[0].weight], "lr": 0.1}, {"params": [m[0].bias, m[2].weight, m[2].bias], "lr": 0.2}]), "lr"),
+])
+def test_unknown_update_rules_warn_and_record_no_edge(make, why):
+    """No formula covers these: a warning naming the reason, and edge = ratio = None (never a number)."""
+    model, (x, y) = tiny(), data()
+    with pytest.warns(UserWarning, match=why):
+        mon = EdgeMonitor(model, nn.MSELoss(), (x, y), make(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not at every measurement
+        row = mon.measure()
+    assert row["edge"] is None and row["ratio"] is None and row["op_norm"] > 0
+
+
+def test_momentum_edge_on_a_quadratic_with_real_heavy_ball_steps():
+    """torch.optim.SGD(momentum=beta) on L = 0.5 w^T A w: the iterates grow iff lambda_max(A) >
+    2(1+beta)/lr, and the monitor reports ||A|| and that edge."""
+    lr, beta = 0.1, 0.9
+    edge = 2 * (1 + beta) / lr
+    assert momentum_edge(lr, beta) == pytest.approx(edge)
+    for factor, grows in ((0.97, False), (1.03, True)):
+        lam = torch.tensor([factor * edge, 0.3 * edge, 1.0], dtype=F64)
+        model = nn.Linear(3, 1, bias=False).double()
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        x = torch.diag(lam.sqrt())  # model(x)_i = sqrt(lam_i) w_i
+        loss = lambda out, tgt: 0.5 * (out ** 2).sum()  # noqa: E731  # = 0.5 w^T diag(lam) w
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=beta)
+        mon = EdgeMonitor(model, loss, (x, torch.zeros(3, 1, dtype=F64)), opt, every=100, tol=1e-10)
+        start = model.weight.detach().abs().max().item()
+        for _ in range(300):  # growth ~1.35^t above the edge, decay ~0.95^t below
+            opt.zero_grad()
+            loss(model(x), None).backward()
+            opt.step()
+            mon.step()
+        end = model.weight.detach()[0, 0].abs().item()
+        assert (end > 1e3 * start) == grows and (end < 1e-3 * start) == (not grows)
+        row = mon.rows[0]
+        assert row["op_norm"] == pytest.approx(float(lam.max()), rel=1e-8)
+        assert row["edge"] == pytest.approx(edge) and row["ratio"] == pytest.approx(factor, rel=1e-8)
+
+
+def test_save_is_a_run_record_that_plots_and_tables_read(tmp_path):
+    """save() writes the runs' record format; RunRecord.load, ratio_table and the plots use it."""
+    from samedge import plots
+    from samedge.analysis import ratio_table
+    from samedge.record import COLUMNS, RunRecord
+
+    model, (x, y) = tiny(), data()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=2, eval_data=(x[:4], y[:4]))
+    mon.measure()
+    for _ in range(6):
+        nn.MSELoss()(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        nn.MSELoss()(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+        mon.step()
+    mon.save(tmp_path / "mine")
+    rec = RunRecord.load(tmp_path / "mine")
+    df = rec.frame
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS and "eval_ratio" in df
+    assert df["step"].tolist() == [0, 2, 4, 6]
+    assert df["train_loss"].tolist() == pytest.approx([r["loss"] for r in mon.rows])
+    assert df["ratio"].tolist() == pytest.approx([r["ratio"] for r in mon.rows])
+    assert rec.config.task == "custom" and rec.config.rule == "sam" and rec.config.steps == 6
+    t = ratio_table([rec])
+    assert t["median ratio (2nd half)"].iloc[0] == pytest.approx(float(df[df["step"] >= 3]["ratio"].median()))
+    for fig in (plots.plot_sharpness(rec), plots.plot_edge_ratio(rec), plots.plot_alignment(rec), plots.plot_loss(rec)):
+        assert fig.axes
+    with pytest.raises(ValueError, match="cannot rerun"):
+        from samedge.loop import run
+
+        run(rec.config, progress=False)
+
+
+def test_bad_arguments_named():
+    """every, the optimizer and eval_data are checked with messages naming them."""
+    model, (x, y) = tiny(), data()
+    opt = _sgd(model, lr=0.1)
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=0)
+    with pytest.raises(TypeError, match="optimizer must be"):
+        EdgeMonitor(model, nn.MSELoss(), (x, y), "sgd")
+    with pytest.raises(ValueError, match="eval_data"):
+        EdgeMonitor(model, nn.MSELoss(), (x, y), opt, eval_data=[x])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    """On CUDA (device from the parameters, data moved there) the numbers equal the CPU ones."""
+    model, (x, y) = tiny(), data()
+    cpu = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1), tol=1e-10, max_iter=200).measure()
+    gpu_model = copy.deepcopy(model).cuda()
+    gpu = EdgeMonitor(gpu_model, nn.MSELoss(), (x, y), _sgd(gpu_model, lr=0.1), tol=1e-10, max_iter=200).measure()
+    for k in ("loss", "grad_norm", "op_norm", "edge", "ratio"):
+        assert gpu[k] == pytest.approx(cpu[k], rel=1e-8)
+
+
+def test_loop_has_no_measurement_code_of_its_own():
+    """loop.run measures through samedge.monitor: no Lanczos, operator, norm or ratio in loop.py."""
+    import samedge.loop as loop
+
+    src = Path(loop.__file__).read_text()
+    for name in ("sharpness(", "HessianOperator", "alignment(", "lanczos(", "/ edge", "norm(", "grad_and_value"):
+        assert name not in src, name
+
+
+@needs_mnist
+@pytest.mark.parametrize("rho, normalize", [(0.0, True), (0.05, True), (0.05, False)])
+def test_loop_rows_equal_a_plain_loop_with_the_monitor(rho, normalize):
+    """loop.run's rows equal EdgeMonitor rows in a plain PyTorch loop (torch.optim.SGD or
+    samedge.SAM, davda54-style) on the same tiny MNIST problem, to float32 round-off."""
+    from samedge.config import RunConfig
+    from samedge.loop import run
+    from samedge.losses import squared_loss
+    from samedge.tasks import get_task
+
+    cfg = RunConfig(task="mnist", eta=0.3, rho=rho, normalize=normalize, steps=12, measure_every=4,
+                    options=dict(n_train=128, n_test=16, width=16, depth=2))
+    rec = run(cfg, progress=False)
+    torch.manual_seed(cfg.seed)  # the loop seeds before building the task: the same initial weights
+    inst = get_task("mnist").build(cfg.options, None, "cpu", torch.float32, None)
+    model, (x, y) = inst.model, inst.sample(0, None)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.eta) if rho == 0 else \
+        SAM(model.parameters(), torch.optim.SGD, rho=rho, normalize=normalize, lr=cfg.eta)
+    mon = EdgeMonitor(model, squared_loss, (x, y), opt, every=cfg.measure_every, tol=cfg.lanczos_tol, seed=cfg.seed)
+    mon.measure()
+    for _ in range(cfg.steps):
+        squared_loss(model(x), y).backward()
+        if rho == 0:
+            opt.step()
+        else:
+            opt.first_step(zero_grad=True)
+            squared_loss(model(x), y).backward()
+            opt.second_step()
+        opt.zero_grad()
+        mon.step()
+    assert [r["step"] for r in mon.rows] == [r["step"] for r in rec.rows] == [0, 4, 8, 12]
+    for mine, theirs in zip(mon.rows, rec.rows):
+        assert mine["loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        for k in ("grad_norm", "op_norm", "lambda_max", "edge", "gd_edge", "ratio"):
+            assert mine[k] == pytest.approx(theirs[k], rel=1e-4), k
+        for k in ("align_grad", "align_sam_grad") if rho else ("align_grad",):
+            assert mine[k] == pytest.approx(theirs[k], abs=1e-3), k
+        assert mine["converged"] == theirs["converged"]
