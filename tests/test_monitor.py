@@ -15,7 +15,6 @@ from torch import nn
 from conftest import reference_hessian
 from samedge import SAM, EdgeMonitor
 from samedge.edge import momentum_edge
-from samedge.monitor import edge_spec
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -33,7 +33,7 @@ __all__ = [
     "one_hot",
 ]
 
-ENV_VAR = "SAMEDGE_DATA_DIR"
+DATA_DIR_ENV_VAR = "SAMEDGE_DATA_DIR"
 
 
 class DataError(RuntimeError):
@@ -64,7 +64,7 @@ def resolve_data_dir(data_dir: Optional[str | os.PathLike] = None) -> Path:
     """The data directory: argument, else $SAMEDGE_DATA_DIR, else the per-user cache."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(DATA_DIR_ENV_VAR)
     if env:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -93,24 +93,22 @@ def verify_file(path: Path, sha256: str, what: str) -> None:
     if digest != sha256:
         raise DataError(
             f"{what}: {path} is corrupt or truncated ({st.st_size} bytes, sha256 {digest[:16]}..., "
-            f"expected {sha256[:16]}...). Delete it to download it again, or point {ENV_VAR} at a good copy."
+            f"expected {sha256[:16]}...). Delete it to download it again, or point {DATA_DIR_ENV_VAR} at a good copy."
         )
     _verified[key] = digest
 
 
-def download(url: str, dest: Path, sha256: Optional[str] = None, md5: Optional[str] = None) -> None:
+def download(url: str, dest: Path, sha256: Optional[str] = None) -> None:
     """Download ``url`` to ``dest`` through a temporary file, verifying the checksum before the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             shutil.copyfileobj(resp, out)
-        for algo, want in (("sha256", sha256), ("md5", md5)):
-            if want:
-                h = hashlib.new(algo)
-                h.update(Path(tmp).read_bytes())
-                if h.hexdigest() != want:
-                    raise DataError(f"download of {url} has the wrong {algo} ({h.hexdigest()}, expected {want}); try again")
+        if sha256:
+            h = hashlib.sha256(Path(tmp).read_bytes())
+            if h.hexdigest() != sha256:
+                raise DataError(f"download of {url} has the wrong sha256 ({h.hexdigest()}, expected {sha256}); try again")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -125,7 +123,7 @@ def _offline_error(what: str, root: Path, files: list, url: str, err: Exception)
     return DataError(
         f"{what} is not in {root} and could not be downloaded from {url} ({err}).\n"
         f"Expected files:\n  {listing}\n"
-        f"Put them there, pass data_dir=..., or set the environment variable {ENV_VAR} to a directory that has them."
+        f"Put them there, pass data_dir=..., or set the environment variable {DATA_DIR_ENV_VAR} to a directory that has them."
     )
 
 
@@ -224,7 +222,7 @@ def _check_cifar_test_file(path: Path) -> int:
     if size == 0 or size % CIFAR_RECORD:
         raise DataError(
             f"CIFAR-10: {path} is corrupt or truncated ({size} bytes, not a positive multiple of the "
-            f"{CIFAR_RECORD}-byte record). Delete it to download it again, or point {ENV_VAR} at a good copy."
+            f"{CIFAR_RECORD}-byte record). Delete it to download it again, or point {DATA_DIR_ENV_VAR} at a good copy."
         )
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
@@ -235,7 +233,7 @@ def _check_cifar_test_file(path: Path) -> int:
     if n >= CIFAR_TEST_SIZE:  # as long as the official file but a different sum: corrupt
         raise DataError(
             f"CIFAR-10: {path} is corrupt ({size} bytes, sha256 {digest[:16]}..., expected "
-            f"{CIFAR_SHA256[CIFAR_TEST_FILE][:16]}...). Delete it to download it again, or point {ENV_VAR} at a good copy."
+            f"{CIFAR_SHA256[CIFAR_TEST_FILE][:16]}...). Delete it to download it again, or point {DATA_DIR_ENV_VAR} at a good copy."
         )
     labels = np.frombuffer(path.read_bytes(), dtype=np.uint8).reshape(n, CIFAR_RECORD)[:, 0]
     if labels.max() > 9:
@@ -311,7 +309,7 @@ def load_cifar10(
                 f"CIFAR-10: n_train={n_train} asks for more training images than {folder} holds: only {have} "
                 f"({', '.join(CIFAR_TRAIN_FILES[:leading])}), and the rest could not be downloaded from "
                 f"{CIFAR_URL} ({err}). Use n_train <= {have}, or put the official {', '.join(missing)} there "
-                f"(or point {ENV_VAR} at a directory that has them)."
+                f"(or point {DATA_DIR_ENV_VAR} at a directory that has them)."
             )
         raise _offline_error("CIFAR-10", root, [f"{CIFAR_DIR}/{f}" for f in missing], CIFAR_URL, err)
     for f in train_files + [CIFAR_META_FILE]:

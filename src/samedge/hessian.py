@@ -128,10 +128,6 @@ class HessianOperator:
         """Exact Hessian-vector product on flat vectors."""
         return flatten(self.hvp(unflatten(vec.to(self.dtype), self.params)))
 
-    def release(self) -> None:
-        """Free the retained gradient graph."""
-        self._graph = None
-
 
 class FiniteDifferenceHessianOperator:
     """The authors' approximate HVP: (grad L(w + eps v) - grad L(w - eps v)) / (2 eps), v of unit norm."""

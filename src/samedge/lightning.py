@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 from .monitor import EdgeMonitor
+from .record import STEP
 
 __all__ = ["EdgeMonitorCallback"]
 
@@ -68,6 +69,6 @@ class EdgeMonitorCallback(pl.Callback):
 
     def _log(self, trainer: "pl.Trainer", row: Dict[str, Any]) -> None:
         # Loggers take numbers: None (no edge for this optimizer) is left out, booleans become 0/1.
-        metrics = {f"{self.prefix}{k}": float(v) for k, v in row.items() if k != "step" and v is not None}
+        metrics = {f"{self.prefix}{k}": float(v) for k, v in row.items() if k != STEP and v is not None}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=row["step"])
+            logger.log_metrics(metrics, step=row[STEP])

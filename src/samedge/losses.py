@@ -16,10 +16,10 @@ from torch.func import functional_call
 
 from .vectors import Params
 
-__all__ = ["squared_loss", "masked_cross_entropy", "module_loss", "parameters_of", "COHEN_FACTOR"]
+__all__ = ["squared_loss", "masked_cross_entropy", "module_loss", "parameters_of", "cohen_factor"]
 
 
-def COHEN_FACTOR(num_classes: int) -> float:
+def cohen_factor(num_classes: int) -> float:
     """Factor by which Cohen et al.'s 0.5*sum-over-classes loss (and Hessian) exceeds ours."""
     return num_classes / 2
 

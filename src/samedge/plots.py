@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from .analysis import run_label
-from .record import RunRecord
+from .record import ALIGN_GRAD, ALIGN_SAM_GRAD, EDGE, EVAL_OP_NORM, OP_NORM, RATIO, SHARPNESS_AND_EDGE, STEP, TRAIN_LOSS, RunRecord
 
 __all__ = ["plot_sharpness", "plot_sam_edge_only", "plot_edge_ratio", "plot_alignment", "plot_loss", "save_figure", "LOSS_NOTE"]
 
@@ -40,7 +40,7 @@ def _mark_divergence(ax, rec: RunRecord) -> None:
                 color="red", va="top", fontsize=9)
 
 
-def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_norm", title: Optional[str] = None,
+def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = OP_NORM, title: Optional[str] = None,
                    edge_column: Optional[str] = None, show_gd_edge: bool = True) -> Figure:
     """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run.
 
@@ -48,14 +48,14 @@ def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_n
     ``edge_column`` its edge (default: ``eval_edge`` for ``eval_*`` columns, else ``edge``)."""
     recs = _as_list(records)
     if edge_column is None:
-        edge_column = "eval_edge" if column.startswith("eval_") else "edge"
+        edge_column = dict(SHARPNESS_AND_EDGE.values()).get(column, EDGE)
     fig, axes = _grid(len(recs))
     for ax, r in zip(axes, recs):
         df = r.frame
         if not df.empty:
-            ax.plot(df["step"], df[column], color="C0", lw=1.6, label={"op_norm": "$\\|H\\|_{op}$", "eval_op_norm": "$\\|H\\|_{op}$ (eval batch)"}.get(column, column))
+            ax.plot(df[STEP], df[column], color="C0", lw=1.6, label={OP_NORM: "$\\|H\\|_{op}$", EVAL_OP_NORM: "$\\|H\\|_{op}$ (eval batch)"}.get(column, column))
             if r.config.rho > 0:
-                ax.plot(df["step"], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.config.rule])
+                ax.plot(df[STEP], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.config.rule])
         if show_gd_edge or r.config.rho == 0:
             ax.axhline(2 / r.config.eta, color="k", ls="--", lw=1, label="$2/\\eta$")
         ax.set_title(f"{run_label(r)}, $\\eta$={r.config.eta:g}")
@@ -70,7 +70,7 @@ def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = "op_n
     return fig
 
 
-def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = "op_norm") -> Figure:
+def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = OP_NORM) -> Figure:
     """The SAM runs' ||H||_op and SAM-edge alone, zoomed to them (2/eta left out), one panel per run."""
     sam = [r for r in _as_list(records) if r.config.rho > 0]
     if not sam:  # e.g. rhos=[0.0]: say so in the figure rather than fail the notebook
@@ -81,14 +81,14 @@ def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = "
     return plot_sharpness(sam, column=column, show_gd_edge=False, title="Sharpness and the SAM-edge, zoomed (2/eta not shown)")
 
 
-def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = "ratio") -> Figure:
+def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = RATIO) -> Figure:
     """||H||_op / SAM-edge over steps, all runs on one axes (1 = at the edge; 2/eta for GD)."""
     recs = _as_list(records)
     fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
     for i, r in enumerate(recs):
         df = r.frame
         if not df.empty:
-            ax.plot(df["step"], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
+            ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
     ax.axhline(1, color="k", ls="--", lw=1)
     ax.axvspan(recs[0].config.steps / 2, recs[0].config.steps, color="0.9", zorder=-1, label="second half")
     ax.set_xlabel("step")
@@ -107,9 +107,9 @@ def plot_alignment(records: RunRecord | Sequence[RunRecord]) -> Figure:
     for ax, r in zip(axes, recs):
         df = r.frame
         if not df.empty:
-            ax.plot(df["step"], df["align_grad"], lw=1.2, label="gradient $g$")
+            ax.plot(df[STEP], df[ALIGN_GRAD], lw=1.2, label="gradient $g$")
             if r.config.rho > 0:
-                ax.plot(df["step"], df["align_sam_grad"], lw=1.2, label="SAM gradient")
+                ax.plot(df[STEP], df[ALIGN_SAM_GRAD], lw=1.2, label="SAM gradient")
         ax.set_ylim(0, 1)
         ax.set_title(run_label(r))
         ax.set_xlabel("step")
@@ -126,7 +126,7 @@ def plot_loss(records: RunRecord | Sequence[RunRecord]) -> Figure:
     for i, r in enumerate(recs):
         df = r.frame
         if not df.empty:
-            ax.plot(df["step"], df["train_loss"], lw=1.3, color=f"C{i}", label=run_label(r))
+            ax.plot(df[STEP], df[TRAIN_LOSS], lw=1.3, color=f"C{i}", label=run_label(r))
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")

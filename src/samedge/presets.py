@@ -16,9 +16,9 @@ import yaml
 from .config import ConfigError, RunConfig, resolve_device
 from .tasks import get_task
 
-__all__ = ["PRESETS", "ENV_VAR", "preset_path", "load_preset", "resolve_params", "run_configs"]
+__all__ = ["PRESETS", "PRESET_ENV_VAR", "preset_path", "load_preset", "resolve_params", "run_configs"]
 
-ENV_VAR = "SAMEDGE_PRESET"
+PRESET_ENV_VAR = "SAMEDGE_PRESET"
 PRESETS = ("smoke", "cpu", "paper")
 # Parameters every experiment notebook takes (the task adds its own sizes, e.g. width).
 COMMON = {
@@ -56,7 +56,7 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
     """The notebook's parameters: explicit values over the preset's over the defaults."""
     import os
 
-    name = preset or os.environ.get(ENV_VAR) or "cpu"
+    name = preset or os.environ.get(PRESET_ENV_VAR) or "cpu"
     unknown = sorted(set(given) - _allowed(task))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {unknown} for task {task!r}; allowed: {sorted(_allowed(task))}")

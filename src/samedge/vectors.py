@@ -7,7 +7,7 @@ import torch
 
 Params = Dict[str, torch.Tensor]
 
-__all__ = ["Params", "flatten", "unflatten", "dot", "norm", "alignment", "add_scaled"]
+__all__ = ["Params", "flatten", "unflatten", "norm", "alignment", "add_scaled"]
 
 
 def flatten(tree: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -29,11 +29,6 @@ def unflatten(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
 
 def _flat(x: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return x.reshape(-1) if isinstance(x, torch.Tensor) else flatten(x)
-
-
-def dot(u: Mapping[str, torch.Tensor] | torch.Tensor, v: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    """Euclidean inner product of two parameter-shaped vectors (dicts or flat tensors)."""
-    return torch.dot(_flat(u), _flat(v))
 
 
 def norm(u: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
