@@ -237,6 +237,7 @@ def test_save_is_a_run_record_that_plots_and_tables_read(tmp_path):
     assert df["ratio"].tolist() == pytest.approx([r["ratio"] for r in mon.rows])
     assert rec.config.task == "custom" and rec.config.rule == "sam" and rec.config.steps == 6
     t = ratio_table([rec])
+    assert t["run"].iloc[0] == "SAM rho=0.05"
     assert t["median ratio (2nd half)"].iloc[0] == pytest.approx(float(df[df["step"] >= 3]["ratio"].median()))
     for fig in (plots.plot_sharpness(rec), plots.plot_edge_ratio(rec), plots.plot_alignment(rec), plots.plot_loss(rec)):
         assert fig.axes

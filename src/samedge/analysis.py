@@ -27,7 +27,9 @@ def median_ratio(rec: RunRecord, column: str = RATIO) -> float:
 
 
 def run_label(rec: RunRecord) -> str:
-    """'GD' or 'SAM rho=0.05' (with 'unnormalized' when so)."""
+    """'GD' or 'SAM rho=0.05' (with 'unnormalized' when so); a monitor's record carries its own label."""
+    if "label" in rec.summary:
+        return str(rec.summary["label"])
     c = rec.config
     if c.rho == 0:
         return "GD"

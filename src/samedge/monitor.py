@@ -349,8 +349,19 @@ class EdgeMonitor:
 
         return pd.DataFrame(self.rows)
 
-    def record(self, name: str = "custom") -> RunRecord:
-        """The rows as a ``RunRecord`` of the ``custom`` task, drawable by ``samedge.plots``."""
+    def label(self) -> str:
+        """A short name of the update rule, e.g. 'SGD', 'SGD momentum=0.9', 'SAM rho=0.05'."""
+        g = self.optimizer.param_groups[0]
+        if isinstance(self.optimizer, SAM):
+            kind = "SAM" if g.get("normalize", True) else "unnormalized SAM"
+            return f"{kind} rho={g['rho']:g}" + (f" over {type(self.optimizer.base_optimizer).__name__}"
+                                                  if type(self.optimizer.base_optimizer) is not torch.optim.SGD else "")
+        name = type(self.optimizer).__name__
+        return name + (f" momentum={g['momentum']:g}" if g.get("momentum", 0) else "")
+
+    def record(self, label: Optional[str] = None) -> RunRecord:
+        """The rows as a ``RunRecord`` of the ``custom`` task, drawn by ``samedge.plots`` and
+        tabulated by ``samedge.analysis`` under ``label`` (default: ``self.label()``)."""
         from .config import RunConfig
 
         spec = edge_spec(self.optimizer)
@@ -368,15 +379,15 @@ class EdgeMonitor:
             out.update({(TRAIN_LOSS if k == LOSS else k): v for k, v in r.items()})
             out[TRAIN_SECONDS] = None
             rows.append(out)
-        summary = dict(complete=True, diverged=False, diverged_at=None, steps_done=self.t, name=name,
+        summary = dict(complete=True, diverged=False, diverged_at=None, steps_done=self.t, label=label or self.label(),
                        optimizer=type(self.optimizer).__name__, edge_rule=spec.rule, momentum=spec.beta,
                        no_edge_reason=spec.reason or None, measure_seconds=self._seconds)
         return RunRecord(cfg, rows, summary, {})
 
-    def save(self, run_dir: str | os.PathLike, name: str = "custom") -> Path:
+    def save(self, run_dir: str | os.PathLike, label: Optional[str] = None) -> Path:
         """Write the rows as a run record (config.json, record.csv, summary.json) into ``run_dir``."""
         from .record import environment
 
-        rec = self.record(name)
+        rec = self.record(label)
         rec.env = environment(rec.config.device)
         return rec.save(run_dir)
