@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from samedge import SAM, EdgeMonitor
 from samedge.analysis import second_half
-from samedge.losses import squared_loss
-from samedge.models import MLP
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,20 +32,26 @@ def train(rho: float):
     train_split, _ = load_mnist(1000, 10)
     x, y = train_split.inputs, train_split.targets
     torch.manual_seed(0)
-    model = MLP(784, 256, 3, 10)
+    # The user's own module (not samedge.models), Glorot-normal weights and zero biases as in the paper.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                          nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
     if rho == 0:
         optimizer = torch.optim.SGD(model.parameters(), lr=ETA)
     else:
         optimizer = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=ETA)
-    monitor = EdgeMonitor(model, squared_loss, (x, y), optimizer, every=EVERY)
+    monitor = EdgeMonitor(model, nn.functional.mse_loss, (x, y), optimizer, every=EVERY)
     for _ in range(STEPS):
-        loss = squared_loss(model(x), y)
+        loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
         if rho == 0:
             optimizer.step()
         else:
             optimizer.first_step(zero_grad=True)
-            squared_loss(model(x), y).backward()
+            nn.functional.mse_loss(model(x), y).backward()
             optimizer.second_step()
         optimizer.zero_grad()
         monitor.step()

@@ -271,8 +271,7 @@ class EdgeMonitor:
         self._warm: Dict[str, Optional[torch.Tensor]] = {}
         self._warned: set = set()
         self._seconds = 0.0
-        self._spec = edge_spec(optimizer)
-        self._warn(self._spec)
+        self._warn(edge_spec(optimizer))
 
     def _warn(self, spec: EdgeSpec) -> None:
         if spec.rule is None and spec.reason not in self._warned:
