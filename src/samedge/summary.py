@@ -13,7 +13,7 @@ from .experiment import run_experiment
 from .presets import resolve_params
 from .record import RunRecord
 
-__all__ = ["EXPERIMENTS", "BANDS", "experiment_records", "summary_table", "summary_sentence", "summary_styler", "plot_summary"]
+__all__ = ["EXPERIMENTS", "experiment_records", "summary_table", "summary_sentence", "summary_styler", "plot_summary"]
 
 EXPERIMENTS = ("mnist", "cifar10", "shakespeare")
 
