@@ -51,7 +51,7 @@ def dense(model, loss, x, y):
     v = flat.clone().requires_grad_(True)
     val = f(v)
     (g,) = torch.autograd.grad(val, v)
-    return float(val), g, reference_hessian(lambda p: f(torch.cat([p[n].reshape(-1) for n in names])),
+    return float(val.detach()), g, reference_hessian(lambda p: f(torch.cat([p[n].reshape(-1) for n in names])),
                                               {n: p.detach() for n, p in m.named_parameters()})
 
 

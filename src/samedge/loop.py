@@ -1,6 +1,6 @@
 """The training and measurement loop: SAM (or GD) for ``steps`` steps, measuring sharpness
-against the SAM-edge every ``measure_every`` steps, checkpointing so that a killed run resumes
-exactly where it was."""
+against the SAM-edge every ``measure_every`` steps (with ``samedge.monitor``, the measurement
+EdgeMonitor uses), checkpointing so that a killed run resumes exactly where it was."""
 from __future__ import annotations
 
 import json

@@ -11,8 +11,9 @@ same for an evaluation batch and the ascent point when given.
 Which edge applies is read from the optimizer (``edge_spec``):
 - ``torch.optim.SGD`` without momentum: gradient descent, 2/lr;
 - ``torch.optim.SGD(momentum=beta)`` (heavy ball: dampening 0, no Nesterov): 2(1+beta)/lr, the
-  maximal stable sharpness of Polyak momentum (Cohen et al. 2021, "Gradient descent on neural
-  networks typically occurs at the edge of stability", Appendix on momentum);
+  maximal stable sharpness (2 + 2 beta)/eta of Polyak momentum on a quadratic, at which Cohen
+  et al. (2021, "Gradient descent on neural networks typically occurs at the edge of
+  stability", ICLR) observe full-batch momentum training (``samedge.edge.momentum_edge``);
 - ``samedge.SAM`` over plain SGD: the SAM-edge from ||grad L(w)|| on the monitor's data at the
   measured point (normalized SAM), or the unnormalized-SAM edge (``normalize=False``);
 - anything else (Nesterov, dampening, weight decay, Adam, ASAM, SAM over momentum, ...): a
