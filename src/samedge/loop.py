@@ -19,6 +19,7 @@ from .edge import edge as stability_edge
 from .edge import gd_edge
 from .hessian import HessianOperator, sharpness
 from .losses import module_loss, parameters_of
+from .precision import pinned_precision
 from .record import RunRecord, atomic_write_text, environment
 from .sam import sam_step
 from .tasks import get_task
@@ -79,8 +80,14 @@ def run(
     """Train and measure as ``cfg`` says; with ``run_dir``, save the record there, checkpoint
     along the way, resume from a checkpoint, and return a finished record without rerunning.
 
+    Matmuls and convolutions run in IEEE float32 on CUDA (no TF32) unless ``cfg.allow_tf32``.
     ``stop_after`` ends the call after that many steps (leaving a checkpoint), for tests.
     """
+    with pinned_precision(cfg.allow_tf32):
+        return _run(cfg, run_dir, data_dir, progress, stop_after)
+
+
+def _run(cfg: RunConfig, run_dir, data_dir, progress: bool, stop_after: Optional[int]) -> RunRecord:
     device = resolve_device(cfg.device)
     if device != cfg.device and cfg.device != "auto":
         raise ConfigError(f"device {cfg.device!r} resolved to {device!r}")

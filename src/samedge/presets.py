@@ -25,6 +25,7 @@ COMMON = {
     "preset": None, "eta": None, "rhos": None, "steps": None, "measure_every": None, "seed": 0,
     "device": "auto", "data_dir": None, "results_dir": None, "batch_size": None, "normalize": True,
     "measure_ascent": False, "lanczos_tol": 1e-3, "dtype": "float32", "checkpoint_every": None,
+    "allow_tf32": False,
 }
 
 
@@ -80,6 +81,6 @@ def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
         task=task, eta=params["eta"], steps=params["steps"], measure_every=params["measure_every"], seed=params["seed"],
         options=opts, normalize=params["normalize"], batch_size=params["batch_size"], device=params["device"],
         dtype=params["dtype"], lanczos_tol=params["lanczos_tol"], measure_ascent=params["measure_ascent"],
-        checkpoint_every=params["checkpoint_every"],
+        checkpoint_every=params["checkpoint_every"], allow_tf32=params["allow_tf32"],
     )
     return [RunConfig(rho=rho, **common) for rho in params["rhos"]]

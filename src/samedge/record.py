@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .precision import precision_settings
 
 __all__ = ["RunRecord", "COLUMNS", "TIMING_COLUMNS", "environment", "atomic_write_text", "load_records"]
 
@@ -38,6 +39,7 @@ def environment(device: str) -> Dict[str, Any]:
         "samedge": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": sys.version.split()[0],
         "platform": platform.platform(), "device": device, "torch_threads": torch.get_num_threads(),
     }
+    env["precision"] = precision_settings()
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
