@@ -62,7 +62,7 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
     if unknown:
         raise ConfigError(f"unknown parameter(s) {unknown} for task {task!r}; allowed: {sorted(_allowed(task))}")
     params = {**COMMON, **get_task(task).defaults, **load_preset(task, name)}
-    params.update({k: v for k, v in given.items() if v is not None})
+    params.update({k: _from_text(k, v, params[k]) for k, v in given.items() if v is not None})
     params["preset"] = name
     rhos = params["rhos"]
     if not isinstance(rhos, (list, tuple)) or not rhos:
@@ -72,6 +72,18 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
         params["eta"] = float(params["eta"])
     params["device"] = resolve_device(params["device"])
     return params
+
+
+def _from_text(name: str, value: Any, like: Any) -> Any:
+    """A value given as text where a list, number or bool belongs (``papermill -p rhos "[0.0, 0.1]"``
+    passes the string) is read as YAML; anything that is not valid YAML is an error naming it."""
+    if not isinstance(value, str) or isinstance(like, str) or like is None:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        example = "a YAML list such as [0.0, 0.1]" if isinstance(like, (list, tuple)) else f"a value like {like!r}"
+        raise ConfigError(f"{name} must be {example}, got the text {value!r}") from None
 
 
 def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
