@@ -241,6 +241,25 @@ def test_results_path_is_a_file(tmp_path):
     assert f.read_text() == "not a directory"
 
 
+def test_directory_named_for_another_configuration(tmp_path):
+    """A new directory whose name ends with another configuration's fingerprint is refused before
+    any compute (its record could never be reloaded)."""
+    with pytest.raises(RunDirError, match=r"is named for configuration [0-9a-f]{10}, but this run's configuration has "
+                                          r"fingerprint [0-9a-f]{10}: name the directory RunConfig.run_name\(\)"):
+        run(cfg(), tmp_path / cfg(rho=0.2).run_name(), progress=False)
+    assert not (tmp_path / cfg(rho=0.2).run_name()).exists()
+
+
+def test_config_written_by_another_version(copy):
+    """A config.json lacking a field of this version's RunConfig (written by an older samedge)."""
+    meta = json.loads((copy / "config.json").read_text())
+    del meta["config"]["lanczos_max_iter"]
+    (copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(DamagedRunError, match=r"it lacks the configuration fields \['lanczos_max_iter'\]: it was "
+                                              "written by another version of samedge"):
+        RunRecord.load(copy)
+
+
 @pytest.fixture()
 def partial(tmp_path):
     """A run stopped at step 4 with its checkpoint, and the record an uninterrupted run gives."""

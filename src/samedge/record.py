@@ -99,6 +99,10 @@ class RunRecord:
             cfg = RunConfig.from_dict(meta["config"])
         except (ValueError, TypeError) as err:  # ConfigError is a ValueError; a missing field a TypeError
             raise damaged(d / CONFIG, f"it holds an invalid configuration ({err})") from None
+        lacking = sorted(set(cfg.to_dict()) - set(meta["config"]))
+        if lacking:
+            raise damaged(d / CONFIG, f"it lacks the configuration fields {lacking}: it was written by another "
+                                      "version of samedge, so its record may not be this version's")
         check_fingerprint(d, cfg.fingerprint())
         summary = _read_summary(d / SUMMARY)
         frame = _read_frame(d / RECORD)
@@ -186,7 +190,8 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
     if div != (div_at is not None):
         raise damaged(summ, f"'diverged' is {div} but 'diverged_at' is {div_at!r}")
     if done != (div_at if div else cfg.steps) or isinstance(done, bool):
-        raise damaged(summ, f"'steps_done' is {done!r} but the run {'diverged at ' + str(div_at) if div else 'has ' + str(cfg.steps) + ' steps'}")
+        why = f"diverged at {div_at}" if div else f"has {cfg.steps} steps"
+        raise damaged(summ, f"'steps_done' is {done!r} but the run {why}")
     for k in ("train_seconds", "measure_seconds"):
         v = summary.get(k, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

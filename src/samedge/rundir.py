@@ -22,7 +22,7 @@ import torch
 
 __all__ = [
     "RunDirError", "DamagedRunError", "RunDirBusyError", "RunDirWriteError", "CONFIG", "RECORD", "SUMMARY",
-    "CHECKPOINT", "LOCK", "RunLock", "atomic_write_text", "atomic_write_bytes", "save_checkpoint",
+    "CHECKPOINT", "LOCK", "RunLock", "damaged", "atomic_write_text", "atomic_write_bytes", "save_checkpoint",
     "load_checkpoint", "prepare_run_dir", "read_config", "check_fingerprint", "remove_temporaries",
 ]
 
@@ -174,9 +174,14 @@ def check_fingerprint(run_dir: Path, fingerprint: str) -> None:
     """A directory named ``...-<fingerprint>`` (as RunConfig.run_name() names it) must hold that
     configuration: a renamed directory or a replaced config.json is refused."""
     m = _FINGERPRINT.search(run_dir.name)
-    if m and m.group(1) != fingerprint:
+    if not m or m.group(1) == fingerprint:
+        return
+    if (run_dir / CONFIG).exists():
         raise damaged(run_dir / CONFIG, f"the directory name says configuration {m.group(1)} but the configuration "
                                         f"has fingerprint {fingerprint} (a renamed directory or a replaced config.json)")
+    raise RunDirError(f"{run_dir} is named for configuration {m.group(1)}, but this run's configuration has "
+                      f"fingerprint {fingerprint}: name the directory RunConfig.run_name() (or use a name that does "
+                      "not end in -<10 hex digits>)")
 
 
 def remove_temporaries(run_dir: Path) -> None:
