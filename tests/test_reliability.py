@@ -248,6 +248,9 @@ def test_disk_full_during_record_write(tmp_path):
         assert sorted(p.name for p in d.iterdir()) == [LOCK, CHECKPOINT, "config.json"]
         assert (d / CHECKPOINT).read_bytes() == before
         assert torch.load(d / CHECKPOINT, weights_only=True)["step"] == 20
+        other = RunConfig(**dict(kw, seed=9))  # a new run on the full disk fails at its first write
+        with pytest.raises(RunDirWriteError, match=rf"could not write {disk / other.run_name()}/config.json: .*free space"):
+            run(other, disk / other.run_name(), progress=False)
         filler.unlink()
         resumed = run(cfg, d, progress=False)
     fresh = run(cfg, progress=False)

@@ -136,7 +136,8 @@ def _load_checkpoint(ckpt: Path, device: str, keys, params, cfg: RunConfig, on_d
             raise
         aside = ckpt.with_name(ckpt.name + ".damaged")
         os.replace(ckpt, aside)
-        warnings.warn(f"{err}. Restarting from step 0; the damaged file is kept as {aside}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{ckpt} is damaged: {err.what}. Restarting the run from step 0 (a run is deterministic: "
+                      f"same record); the damaged file is kept as {aside}", RuntimeWarning, stacklevel=3)
         return None
 
 

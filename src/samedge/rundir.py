@@ -36,7 +36,12 @@ class RunDirError(RuntimeError):
 
 
 class DamagedRunError(RunDirError):
-    """A file in a run directory is unreadable, mistyped or inconsistent with the others."""
+    """A file in a run directory is unreadable, mistyped or inconsistent with the others
+    (``path``: the file; ``what``: what is wrong with it)."""
+
+    def __init__(self, message: str, path: Optional[Path] = None, what: str = ""):
+        super().__init__(message)
+        self.path, self.what = path, what
 
 
 class RunDirBusyError(RunDirError):
@@ -51,7 +56,7 @@ class RunDirWriteError(RunDirError):
 def damaged(path: Path, what: str, fix: Optional[str] = None) -> DamagedRunError:
     """The error for a damaged ``path``: what is wrong and (by default) delete the directory."""
     fix = fix or f"delete the run directory {path.parent} to recompute the run"
-    return DamagedRunError(f"{path} is damaged: {what}; {fix}")
+    return DamagedRunError(f"{path} is damaged: {what}; {fix}", path, what)
 
 
 def _write_error(path: Path, err: OSError) -> RunDirWriteError:
@@ -114,7 +119,9 @@ def load_checkpoint(path: Path, device: str, keys: Iterable[str], like: Mapping[
     try:
         saved = torch.load(path, weights_only=True, map_location=device)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
-        raise damaged(path, f"it cannot be read as a checkpoint ({type(err).__name__}: {str(err)[:200]})", fix) from None
+        # Only torch's first sentence: the rest advises weights_only=False, unsafe for a file of unknown origin.
+        first = str(err).split(". ")[0].strip()[:120]
+        raise damaged(path, f"it cannot be read as a checkpoint ({type(err).__name__}: {first})", fix) from None
     if not isinstance(saved, dict):
         raise damaged(path, f"it holds a {type(saved).__name__}, not a checkpoint dict", fix)
     want = set(keys) | {"fingerprint", "params", "generator"}
@@ -234,10 +241,13 @@ class RunLock:
                 warnings.warn(f"cannot lock {self.path} ({err.strerror}); two writers on this run directory "
                               "would not be excluded", RuntimeWarning, stacklevel=2)
                 break
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
+        try:  # who holds it, for the busy message; best effort (a full disk fails the run's next write anyway)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+        except OSError:
+            pass
         self._file = f
         return self
 
