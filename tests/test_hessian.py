@@ -185,12 +185,15 @@ def test_hessian_operator_rejects_bad_arguments():
 
 
 def test_finite_difference_operator_approximates_hvp():
-    """The authors' central-difference HVP is within 1e-5 relative of the dense Hessian on a
-    smooth model (the Transformer: GELU, softmax, LayerNorm), for any norm of v."""
+    """The authors' central-difference HVP approaches the dense Hessian on a smooth model (the
+    Transformer: GELU, softmax, LayerNorm) as a second-order method does, for any norm of v:
+    within 1e-4 relative at eps = 1e-3, and ~100x closer at eps = 1e-4 (float64)."""
     problem = get_problem("transformer")
     fd = FiniteDifferenceHessianOperator(problem.loss_fn, problem.params)  # eps = 1e-3
     v = 7.0 * randn(problem.size, 0)
-    assert rel_err(fd(v), problem.hessian @ v) <= 1e-5
+    err3 = rel_err(fd(v), problem.hessian @ v)
+    err4 = rel_err(FiniteDifferenceHessianOperator(problem.loss_fn, problem.params, eps=1e-4)(v), problem.hessian @ v)
+    assert err3 <= 1e-4 and err4 <= err3 / 50
     assert torch.equal(fd(torch.zeros(problem.size, dtype=F64)), torch.zeros(problem.size, dtype=F64))
     assert fd.calls == 2
     with pytest.raises(ValueError, match="eps"):
