@@ -408,9 +408,13 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip() and not set(ln.strip()) <= {"-"}]
-    return lines[-1] if lines else str(text)
+def _error_line(exc: BaseException) -> str:
+    """The last line of a job's traceback (submitit's FailedJobError holds it between dashed lines)."""
+    text = str(exc)
+    parts = text.split("-" * 22)
+    trace = parts[1] if len(parts) >= 3 else text
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"{type(exc).__name__}: {text}"
 
 
 class SweepRunner:
@@ -475,7 +479,7 @@ class SweepRunner:
                 err: Optional[str] = f"the job ended without a result (state {job.state}): killed, cancelled or timed out"
             else:
                 exc = job.exception()
-                err = None if exc is None else _last_line(exc)
+                err = None if exc is None else _error_line(exc)
         except Exception as e:  # the debug executor raises the run's own error
             err = f"{type(e).__name__}: {e}"
         resumed = None
