@@ -224,7 +224,7 @@ def plan(task: str, preset: Optional[str] = None, grid: Optional[Mapping[str, Se
         for seed in seeds if seeds is not None else [None]:
             where = _describe({**point, **({"seed": seed} if seed is not None else {})})
             try:
-                resolved = resolve_params(task, preset, **p, seed=seed, device="cpu")
+                resolved = resolve_params(task, preset, **{**p, "device": "cpu", **({} if seed is None else {"seed": seed})})
                 configs = [replace(c, device=device) if c.device != device else c for c in run_configs(task, resolved)]
             except ValueError as err:  # ConfigError, or a task's own ValueError
                 raise ConfigError(f"grid point {where}: {err}" if where else str(err)) from None
