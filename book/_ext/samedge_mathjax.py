@@ -20,8 +20,16 @@ logger = logging.getLogger(__name__)
 
 ENTRY = "tex-mml-chtml.js"  # the component Sphinx's default CDN URL names
 # Whole-page bundles of other input/output combinations: never loaded by the book, 14 MB.
-UNUSED = {"tex-svg.js", "tex-svg-full.js", "tex-mml-svg.js", "mml-svg.js", "mml-chtml.js", "tex-chtml-full-speech.js",
-          "tex-chtml-full.js", "node-main.js"}
+UNUSED = {
+    "tex-svg.js",
+    "tex-svg-full.js",
+    "tex-mml-svg.js",
+    "mml-svg.js",
+    "mml-chtml.js",
+    "tex-chtml-full-speech.js",
+    "tex-chtml-full.js",
+    "node-main.js",
+}
 
 
 def mathjax_es5() -> Optional[Path]:
@@ -38,8 +46,10 @@ def mathjax_es5() -> Optional[Path]:
 
 def _configure(app: Sphinx, config) -> None:
     if mathjax_es5() is None:
-        logger.warning("MathJax 3 is not installed (pip install django-static-mathjax): the pages load it from a CDN "
-                       "and show raw TeX offline")
+        logger.warning(
+            "MathJax 3 is not installed (pip install django-static-mathjax): the pages load it from a CDN "
+            "and show raw TeX offline"
+        )
         return
     config.mathjax_path = f"mathjax/{ENTRY}"
 
@@ -48,8 +58,11 @@ def _copy(app: Sphinx, exc: Optional[Exception]) -> None:
     es5 = mathjax_es5()
     if exc is not None or es5 is None or app.builder.format != "html":
         return
-    copy_asset(str(es5), str(Path(app.outdir) / "_static" / "mathjax"),
-               excluded=lambda path: Path(path).name in UNUSED or path.endswith(".map"))
+    copy_asset(
+        str(es5),
+        str(Path(app.outdir) / "_static" / "mathjax"),
+        excluded=lambda path: Path(path).name in UNUSED or path.endswith(".map"),
+    )
 
 
 def setup(app: Sphinx) -> dict:

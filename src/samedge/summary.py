@@ -1,5 +1,6 @@
 """The book's cross-task summary: every experiment's runs (reloaded when already saved),
 one table of median sharpness / edge per task and rho, and one figure."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -15,8 +16,15 @@ from .presets import resolve_params
 from .record import RunRecord
 
 __all__ = [
-    "EXPERIMENTS", "BANDS", "RESULT_COLUMNS", "experiment_records", "summary_table", "summary_sentence",
-    "summary_styler", "table_styler", "plot_summary",
+    "EXPERIMENTS",
+    "BANDS",
+    "RESULT_COLUMNS",
+    "experiment_records",
+    "summary_table",
+    "summary_sentence",
+    "summary_styler",
+    "table_styler",
+    "plot_summary",
 ]
 
 EXPERIMENTS = ("mnist", "cifar10", "shakespeare")
@@ -25,8 +33,11 @@ BANDS = {"mnist": (0.9, 1.15), "cifar10": (0.9, 1.15), "shakespeare": (0.8, 1.25
 
 
 def experiment_records(
-    tasks: Sequence[str] = EXPERIMENTS, preset: Optional[str] = None, results_dir: Optional[str] = None,
-    device: str = "auto", progress: bool = False,
+    tasks: Sequence[str] = EXPERIMENTS,
+    preset: Optional[str] = None,
+    results_dir: Optional[str] = None,
+    device: str = "auto",
+    progress: bool = False,
 ) -> Dict[str, List[RunRecord]]:
     """Each task's runs at its notebook's default parameters for ``preset`` (same run
     directories as the notebooks, so finished runs are reloaded, not recomputed)."""
@@ -48,8 +59,21 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         r = t["median ratio (2nd half)"]
         t["in band"] = (r >= lo) & (r <= hi) & ~t["diverged"]
         frames.append(t)
-    cols = ["task", "run", "rho", "eta", "2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)",
-            "median ratio (2nd half)", "band", "in band", "final train loss", "test loss", "diverged"]
+    cols = [
+        "task",
+        "run",
+        "rho",
+        "eta",
+        "2/eta",
+        "median ||H|| (2nd half)",
+        "median SAM-edge (2nd half)",
+        "median ratio (2nd half)",
+        "band",
+        "in band",
+        "final train loss",
+        "test loss",
+        "diverged",
+    ]
     return pd.concat(frames, ignore_index=True)[cols]
 
 
@@ -68,8 +92,17 @@ def summary_sentence(table: pd.DataFrame) -> str:
 
 # The columns of samedge.analysis.ratio_table a chapter's results table shows (rho, eta and
 # "diverged at" are in the run name, 2/eta and the divergence note).
-RESULT_COLUMNS = ["run", "2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)", "median ratio (2nd half)",
-                  "final train loss", "test loss", "test accuracy", "diverged"]
+RESULT_COLUMNS = [
+    "run",
+    "2/eta",
+    "median ||H|| (2nd half)",
+    "median SAM-edge (2nd half)",
+    "median ratio (2nd half)",
+    "final train loss",
+    "test loss",
+    "test accuracy",
+    "diverged",
+]
 
 
 def _cell(v):
@@ -92,13 +125,30 @@ def table_styler(table: pd.DataFrame, columns: Optional[Sequence[str]] = None, t
 
 def summary_styler(table: pd.DataFrame):
     """The table as the intro shows it: the columns a reader compares, compact number formats."""
-    cols = ["task", "run", "2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)",
-            "median ratio (2nd half)", "band", "in band", "final train loss", "test loss"]
-    fmt = {c: "{:.4g}" for c in ["2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)", "final train loss", "test loss"]}
+    cols = [
+        "task",
+        "run",
+        "2/eta",
+        "median ||H|| (2nd half)",
+        "median SAM-edge (2nd half)",
+        "median ratio (2nd half)",
+        "band",
+        "in band",
+        "final train loss",
+        "test loss",
+    ]
+    fmt = {
+        c: "{:.4g}"
+        for c in ["2/eta", "median ||H|| (2nd half)", "median SAM-edge (2nd half)", "final train loss", "test loss"]
+    }
     fmt["median ratio (2nd half)"] = "{:.4f}"
     fmt["in band"] = lambda v: "yes" if v else "no"
-    return (table[cols].style.format(fmt, na_rep="–").hide(axis="index")
-            .set_table_attributes('id="samedge-summary" class="samedge-table"'))
+    return (
+        table[cols]
+        .style.format(fmt, na_rep="–")
+        .hide(axis="index")
+        .set_table_attributes('id="samedge-summary" class="samedge-table"')
+    )
 
 
 def plot_summary(table: pd.DataFrame) -> Figure:
