@@ -176,7 +176,7 @@ def plot_sharpness(
             if lim is not None:
                 ax.set_ylim(lim[0], lim[1])
                 if lim[2] > lim[1]:  # the initial transient is off the top: say how far
-                    name += f"\n(early values up to {lim[2]:.3g} clipped)"
+                    name += f"\n(early values up to {lim[2]:.4g} clipped)"
             ax.set_title(name)
             ax.set_xlabel("step")
             ax.set_ylabel("sharpness")
