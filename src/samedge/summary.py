@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
 
 from .analysis import ratio_table
 from .experiment import run_experiment
@@ -105,7 +106,7 @@ RESULT_COLUMNS = [
 ]
 
 
-def _cell(v):
+def _cell(v: object) -> str:
     """One value as a table shows it: 4 significant digits, yes/no, a dash for a missing number."""
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
@@ -116,14 +117,23 @@ def _cell(v):
     return "–" if v is None else str(v)
 
 
-def table_styler(table: pd.DataFrame, columns: Optional[Sequence[str]] = None, table_id: Optional[str] = None):
+def table_styler(
+    table: pd.DataFrame, columns: Optional[Sequence[str]] = None, table_id: Optional[str] = None
+) -> Styler:
     """A table as the book shows it: chosen ``columns`` (default all), no index, 4 significant digits."""
     cols = [c for c in (columns or list(table.columns)) if c in table.columns]
     attrs = 'class="samedge-table"' + (f' id="{table_id}"' if table_id else "")
-    return table[cols].style.format(_cell).hide(axis="index").set_table_attributes(attrs)
+    text = [c for c in cols if pd.api.types.is_string_dtype(table[c])]  # labels left, numbers right (CSS)
+    return (
+        table[cols]
+        .style.format(_cell)
+        .hide(axis="index")
+        .set_properties(subset=text, **{"text-align": "left"})
+        .set_table_attributes(attrs)
+    )
 
 
-def summary_styler(table: pd.DataFrame):
+def summary_styler(table: pd.DataFrame) -> Styler:
     """The table as the intro shows it: the columns a reader compares (the band is in the figure)."""
     cols = [
         "task",
@@ -134,7 +144,8 @@ def summary_styler(table: pd.DataFrame):
         "in band",
         "test loss",
     ]
-    return table_styler(table, cols, table_id="samedge-summary")
+    # Four decimals for the ratio: tests/browser/test_intro_numbers.py reads it back to 6e-5.
+    return table_styler(table, cols, table_id="samedge-summary").format("{:.4f}", subset=["median ratio (2nd half)"])
 
 
 def plot_summary(table: pd.DataFrame) -> Figure:
