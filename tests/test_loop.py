@@ -55,6 +55,40 @@ def test_ratio_and_edges_recomputed(record):
         assert 0 <= row["align_grad"] <= 1 and 0 <= row["align_sam_grad"] <= 1
 
 
+@pytest.mark.parametrize("rho", [0.0, 0.05])
+def test_each_rule_records_its_own_edge(rho):
+    """normalize=False records the unnormalized-SAM edge, the root of eta lam (1 + rho lam) = 2
+    (independent of the gradient); GD records 2/eta; the rule is in the run's name."""
+    rec = run(cfg(rho=rho, normalize=False, steps=8), progress=False)
+    eta = 0.3
+    want = 2 / eta if rho == 0 else (math.sqrt(1 + 8 * rho / eta) - 1) / (2 * rho)
+    assert rec.config.rule == ("gd" if rho == 0 else "usam") and f"-{rec.config.rule}-" in rec.config.run_name()
+    for _, row in rec.frame.iterrows():
+        assert eta * row["edge"] * (1 + rho * row["edge"]) == pytest.approx(2.0, rel=1e-12)
+        assert row["edge"] == pytest.approx(want, rel=1e-12)
+        assert row["ratio"] == pytest.approx(row["op_norm"] / want, rel=1e-9)
+
+
+def test_precision_pinned_and_recorded(tmp_path):
+    """The run's environment records the matmul/cuDNN precision flags it ran with (TF32 off,
+    cuDNN deterministic); the caller's own settings are back afterwards."""
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    try:
+        rec = run(cfg(steps=4), tmp_path / "r", progress=False)
+        prec = RunRecord.load(tmp_path / "r").env["precision"]
+        assert prec == rec.env["precision"]
+        assert prec["cudnn_allow_tf32"] is False and prec["cuda_matmul_allow_tf32"] is False
+        assert prec["float32_matmul_precision"] == "highest" and prec["cudnn_deterministic"] is True
+        assert prec["cudnn_benchmark"] is False
+        assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cudnn.benchmark is True
+        tf32 = run(cfg(steps=4, allow_tf32=True), progress=False).env["precision"]
+        assert tf32["cudnn_allow_tf32"] is True and tf32["float32_matmul_precision"] == "high"
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = False
+
+
 def test_sharpness_matches_dense_hessian():
     """The loop's op_norm at step 0 equals the dense float64 Hessian's largest |eigenvalue|."""
     from samedge.losses import module_loss, parameters_of
@@ -127,6 +161,8 @@ def test_divergence_recorded():
     (dict(options=dict(OPTS, width=0)), "width must be a positive integer"),
     (dict(options=dict(OPTS, n_train=70000)), "MNIST has 60000"),
     (dict(dtype="float16"), "dtype must be"),
+    (dict(allow_tf32="yes"), "allow_tf32 must be True or False"),
+    (dict(normalize=1), "normalize must be True or False"),
 ])
 def test_bad_config(kw, match):
     """Each bad parameter raises ConfigError naming it, before any compute."""

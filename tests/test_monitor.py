@@ -319,11 +319,25 @@ def test_loop_rows_equal_a_plain_loop_with_the_monitor(rho, normalize):
         assert mine["converged"] == theirs["converged"]
 
 
-def test_warm_start_from_the_previous_eigenvector():
-    """A second measurement at unchanged weights starts from the converged eigenvector: it needs
-    fewer HVPs than the cold start (same seed), and finds the same ||H||_op."""
+def test_warm_start_from_the_previous_eigenvector(monkeypatch):
+    """Each measurement hands the previous measurement's eigenvector to samedge.hessian.sharpness
+    as v0 (its guarded warm start), the first one none, for the training data and the eval batch."""
+    import samedge.monitor as monitor
+
+    calls = []
+
+    def spy(op, v0=None, **kw):
+        out = real(op, v0=v0, **kw)
+        calls.append((v0, out.eigenvector))
+        return out
+
+    real = monitor.sharpness
+    monkeypatch.setattr(monitor, "sharpness", spy)
     model, (x, y) = tiny(), data(n=40)
-    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1), tol=1e-6, max_iter=200)
-    cold, warm = mon.measure(), mon.measure()
-    assert warm["hvps"] < cold["hvps"]
-    assert warm["op_norm"] == pytest.approx(cold["op_norm"], rel=1e-5)
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1), eval_data=(x[:8], y[:8]))
+    first, second = mon.measure(), mon.measure()
+    (v0_train, v_train), (v0_eval, v_eval), (w0_train, _), (w0_eval, _) = calls
+    assert v0_train is None and v0_eval is None
+    assert torch.equal(w0_train, v_train) and torch.equal(w0_eval, v_eval)
+    assert not torch.equal(v_train, v_eval)  # two different operators, two warm starts
+    assert second["op_norm"] == pytest.approx(first["op_norm"], rel=1e-3)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from samedge import SAM, EdgeMonitor
-from samedge.analysis import second_half
+from samedge.record import second_half
 
 pytestmark = [
     pytest.mark.slow,

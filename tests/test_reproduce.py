@@ -60,6 +60,16 @@ def test_mnist_at_smoke(tmp_path):
     executed = json.loads((out / "mnist.ipynb").read_text())
     assert any("injected-parameters" in (c.get("metadata", {}).get("tags") or []) for c in executed["cells"])
 
+    # How a book at a long preset is built (README): the notebook executed later with
+    # SAMEDGE_PRESET and SAMEDGE_RESULTS_DIR pointing at these runs reloads them, runs nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("record.csv")}
+    env = {**os.environ, "SAMEDGE_PRESET": "smoke", "SAMEDGE_RESULTS_DIR": str(out / "results")}
+    again = subprocess.run([sys.executable, "-m", "papermill", "mnist.ipynb", str(tmp_path / "again.ipynb"), "-k", "python3",
+                            "-p", "device", "cpu"], cwd=BOOK, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("record.csv")} == stamps
+    assert not any((out / "results").rglob("checkpoint.pt"))
+
 
 def test_a_failing_notebook_exits_non_zero_and_is_named(tmp_path):
     """A bad parameter (steps=0) makes the MNIST notebook raise: exit status 1, a FAILED line

@@ -140,7 +140,7 @@ def _optimizer_run(problem, make_groups, steps, rho, normalize=True, use_closure
         loss.backward()
         losses.append(float(loss.detach()))
         if use_closure:
-            def closure():
+            def closure():  # the README's closure, verbatim (it binds the loop variables)
                 loss = problem.loss(model(problem.inputs), problem.targets)
                 loss.backward()
                 return loss
@@ -179,8 +179,8 @@ def test_optimizer_matches_sam_step(name, rho, normalize, use_closure):
 def test_optimizer_reproduces_sam_step_in_float32_over_20_steps():
     """samedge.SAM(torch.optim.SGD) and sam_step agree to float32 round-off over 20 steps of an
     MLP on fixed data (the paper's SAM, normalized and unnormalized)."""
-    from samedge.models import MLP
     from samedge.losses import parameters_of, squared_loss
+    from samedge.models import MLP
 
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(64, 20, generator=gen)
@@ -236,8 +236,8 @@ def test_davda54_readme_loops_run_unchanged():
         base_optimizer = torch.optim.SGD  # define an optimizer for the "sharpness-aware" update
         optimizer = ImportedSAM(model.parameters(), base_optimizer, lr=0.1, momentum=0.9)
         for input, output in data:
-            def closure():
-                loss = loss_function(output, model(input))
+            def closure():  # the README's closure, verbatim (it binds the loop variables)
+                loss = loss_function(output, model(input))  # noqa: B023
                 loss.backward()
                 return loss
 

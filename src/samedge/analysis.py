@@ -5,25 +5,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .record import RATIO, SHARPNESS_AND_EDGE, STEP, TRAIN_LOSS, RunRecord
+from .record import RATIO, SHARPNESS_AND_EDGE, TRAIN_LOSS, RunRecord, second_half
 
-__all__ = ["BANDS", "DEFAULT_BAND", "second_half", "median_ratio", "ratio_table", "interpret_ratios", "run_label"]
+__all__ = ["BANDS", "DEFAULT_BAND", "ratio_table", "interpret_ratios", "run_label"]
 
 # Where a median ratio counts as "at the edge": full-batch runs within [0.9, 1.15]; minibatch
 # noise widens the Transformer's band (SAM and GD alike).
 DEFAULT_BAND = (0.9, 1.15)
 BANDS = {"mnist": DEFAULT_BAND, "cifar10": DEFAULT_BAND, "shakespeare": (0.8, 1.25)}
-
-
-def second_half(df: pd.DataFrame, steps: int) -> pd.DataFrame:
-    """The measurements of the second half of a ``steps``-step run (step >= steps/2)."""
-    return df[df[STEP] >= steps / 2] if not df.empty else df
-
-
-def median_ratio(rec: RunRecord, column: str = RATIO) -> float:
-    """Median of ``column`` (sharpness / edge) over the second half of the run's training."""
-    half = second_half(rec.frame, rec.config.steps)
-    return float(half[column].median()) if len(half) else float("nan")
 
 
 def run_label(rec: RunRecord) -> str:
@@ -55,7 +44,7 @@ def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFra
             "2/eta": 2 / r.config.eta,
             "median ||H|| (2nd half)": float(half[h_col].median()) if len(half) else float("nan"),
             "median SAM-edge (2nd half)": float(half[e_col].median()) if len(half) else float("nan"),
-            "median ratio (2nd half)": median_ratio(r, column),
+            "median ratio (2nd half)": r.median_ratio(column),
             "final train loss": float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
             "test loss": r.summary.get("test_loss", float("nan")),
             "test accuracy": r.summary.get("test_accuracy", float("nan")),

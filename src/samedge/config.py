@@ -61,6 +61,7 @@ class RunConfig:
     lanczos_max_iter: int = 100
     measure_ascent: bool = False  # also measure ||H||_op at the ascent point w~
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None: ~20 per run
+    allow_tf32: bool = False  # CUDA only: let matmuls and convolutions use TF32 (~1e-3 relative error)
 
     def __post_init__(self) -> None:
         _finite("eta", self.eta, 0, strict=True)
@@ -80,6 +81,9 @@ class RunConfig:
         if self.hvp_method not in ("double_backward", "forward_over_reverse"):
             raise ConfigError(f"hvp_method must be 'double_backward' or 'forward_over_reverse', got {self.hvp_method!r}")
         _finite("lanczos_tol", self.lanczos_tol, 0, strict=True)
+        for name in ("normalize", "measure_ascent", "allow_tf32"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _positive_int("lanczos_max_iter", self.lanczos_max_iter)
         if not isinstance(self.options, dict):
             raise ConfigError(f"options must be a dict, got {self.options!r}")

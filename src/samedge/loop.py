@@ -7,27 +7,25 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import RunConfig, resolve_device
+from . import rundir
+from .config import ConfigError, RunConfig, resolve_device
 from .edge import edge as stability_edge
 from .losses import module_loss, parameters_of
 from .monitor import measure, prepare
+from .precision import pinned_precision
 from .record import MEASURE_SECONDS, OP_NORM, TRAIN_SECONDS, RunRecord, atomic_write_text, environment
+from .rundir import CHECKPOINT, DamagedRunError, RunDirError
 from .sam import sam_step
 from .tasks import get_task
 
 __all__ = ["run", "RunDirError"]
-
-CHECKPOINT = "checkpoint.pt"
-
-
-class RunDirError(RuntimeError):
-    """The run directory belongs to another configuration."""
 
 
 def _finite(*xs: float) -> bool:
@@ -35,21 +33,23 @@ def _finite(*xs: float) -> bool:
 
 
 def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    rundir.save_checkpoint(path, state)  # atomic; a full disk leaves the previous checkpoint
 
 
-def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    meta = run_dir / "config.json"
-    if meta.exists():
-        saved = json.loads(meta.read_text())["config"]
-        if saved != cfg.to_dict():
-            diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
-            raise RunDirError(
-                f"{run_dir} holds a run with a different configuration (differs in {diff}); "
-                "refusing to overwrite it: choose another results directory or delete that one"
-            )
+def _finished(run_dir: Path, cfg: RunConfig) -> Optional[RunRecord]:
+    """The finished, validated record in ``run_dir``, or None when the run is still to do;
+    a directory holding another configuration, or damaged, is refused."""
+    rundir.prepare_run_dir(run_dir)
+    meta = rundir.read_config(run_dir) if run_dir.is_dir() else None
+    if meta is not None and meta["config"] != cfg.to_dict():
+        saved = meta["config"]
+        diff = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
+        raise RunDirError(
+            f"{run_dir} holds a run with a different configuration (differs in {diff}); "
+            "refusing to overwrite it: choose another results directory or delete that one"
+        )
+    rundir.check_fingerprint(run_dir, cfg.fingerprint())
+    return RunRecord.load(run_dir) if (run_dir / rundir.SUMMARY).exists() else None
 
 
 def run(
@@ -58,19 +58,73 @@ def run(
     data_dir: Optional[str | os.PathLike] = None,
     progress: bool = True,
     stop_after: Optional[int] = None,
+    on_damaged_checkpoint: str = "restart",
+    lock_timeout: float = 0.0,
 ) -> RunRecord:
     """Train and measure as ``cfg`` says; with ``run_dir``, save the record there, checkpoint
     along the way, resume from a checkpoint, and return a finished record without rerunning.
 
+    Matmuls and convolutions run in IEEE float32 on CUDA (no TF32) unless ``cfg.allow_tf32``.
     ``stop_after`` ends the call after that many steps (leaving a checkpoint), for tests.
+
+    A finished record is validated when reloaded (``record.check_record``); a damaged one is an
+    error naming the file, never partial or mistyped data. One process writes a run directory at
+    a time: the run holds its lock (``rundir.RunLock``) from start to end; a second writer waits
+    ``lock_timeout`` seconds (default 0: it fails at once with RunDirBusyError naming the holder),
+    and reloads the record if the first one finished meanwhile. Reading a finished run takes no
+    lock, so it works on a read-only copy.
+
+    ``on_damaged_checkpoint``: what to do with a ``checkpoint.pt`` that cannot be read, has other
+    keys, or belongs to another configuration. 'restart' (the default) moves it aside to
+    ``checkpoint.pt.damaged``, warns, and runs from step 0; 'error' raises DamagedRunError.
+    Restarting is the default because a checkpoint holds no result, only progress: a run is
+    deterministic, so the restarted record is the one the checkpoint would have led to, and what
+    the damage cost (the compute since step 0) is lost either way; an error would only make every
+    resubmitted job of a sweep fail until someone deletes the file by hand.
     """
     device = resolve_device(cfg.device)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        _check_run_dir(run_dir, cfg)
-        if (run_dir / "summary.json").exists() and (run_dir / "record.csv").exists():
-            return RunRecord.load(run_dir)
+    if on_damaged_checkpoint not in ("restart", "error"):
+        raise ConfigError(f"on_damaged_checkpoint must be 'restart' or 'error', got {on_damaged_checkpoint!r}")
+    if run_dir is None:
+        with pinned_precision(cfg.allow_tf32):
+            return _run(cfg, None, device, data_dir, progress, stop_after, on_damaged_checkpoint)
+    run_dir = Path(run_dir)
+    done = _finished(run_dir, cfg)
+    if done is not None:
+        return done
+    with rundir.RunLock(run_dir, timeout=lock_timeout):
+        done = _finished(run_dir, cfg)  # the writer we waited for may have finished it
+        if done is not None:
+            return done
+        rundir.remove_temporaries(run_dir)
+        if (run_dir / rundir.RECORD).exists():
+            how = "resuming from its checkpoint" if (run_dir / CHECKPOINT).exists() else "recomputing it from step 0"
+            warnings.warn(f"{run_dir} holds record.csv but no summary.json: its final save was cut short; {how}",
+                          RuntimeWarning, stacklevel=2)
+        with pinned_precision(cfg.allow_tf32):
+            return _run(cfg, run_dir, device, data_dir, progress, stop_after, on_damaged_checkpoint)
 
+
+def _load_checkpoint(ckpt: Path, device: str, keys, params, cfg: RunConfig, on_damaged: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint's state, or None (start from step 0) when there is none, or it is damaged
+    and ``on_damaged`` is 'restart' (it is kept as checkpoint.pt.damaged)."""
+    if not ckpt.exists():
+        return None
+    try:
+        return rundir.load_checkpoint(ckpt, device, keys, params, cfg.fingerprint())
+    except DamagedRunError as err:
+        if on_damaged == "error":
+            raise
+        aside = ckpt.with_name(ckpt.name + ".damaged")
+        os.replace(ckpt, aside)
+        warnings.warn(f"{ckpt} is damaged: {err.what}. Restarting the run from step 0 (a run is deterministic: "
+                      f"same record); the damaged file is kept as {aside}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progress: bool,
+         stop_after: Optional[int], on_damaged_checkpoint: str) -> RunRecord:
+    """The body of ``run``: train and measure, checkpointing into ``run_dir`` (locked by ``run``)."""
     env = environment(device)
     dtype = cfg.torch_dtype
     torch.manual_seed(cfg.seed)
@@ -82,8 +136,8 @@ def run(
     state: Dict[str, Any] = dict(step=0, rows=[], v=None, v_eval=None, v_ascent=None, train_seconds=0.0, measure_seconds=0.0)
 
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+    saved = _load_checkpoint(ckpt, device, state, params, cfg, on_damaged_checkpoint) if ckpt is not None else None
+    if saved is not None:
         params = saved.pop("params")
         gen.set_state(saved.pop("generator"))
         state.update(saved)
@@ -137,7 +191,7 @@ def run(
         state["step"] = t
         bar.update(1)
         if ckpt is not None and (t % every_ckpt == 0):
-            _save_checkpoint(ckpt, dict(params=params, generator=gen.get_state(), **state))
+            _save_checkpoint(ckpt, dict(params=params, generator=gen.get_state(), fingerprint=cfg.fingerprint(), **state))
         if stop_after is not None and t >= stop_after:
             bar.close()
             return RunRecord(cfg, state["rows"], {"complete": False, "stopped_at": t}, env)

@@ -1,5 +1,15 @@
 """The paper's three architectures: an MLP (MNIST), a CNN with LayerNorm (CIFAR-10) and a
-decoder-only Transformer (tiny_shakespeare). Weights are Glorot-normal, biases zero.
+decoder-only Transformer (tiny_shakespeare), initialised as the authors' flax/haiku code does.
+
+Initialisers (the authors' ``image_classification.py`` and ``transformer_model.py``):
+- MLP and CNN weights: flax ``glorot_normal``, a normal truncated at +-2 of its scale with the
+  scale raised by 1/0.8796 so that the realised std is sqrt(2/(fan_in + fan_out)).
+- Transformer attention (query, key, value, output) and MLP weights: haiku
+  ``VarianceScaling(2/num_layers)`` (fan_in, truncated normal): std sqrt((2/num_layers)/fan_in).
+- Transformer output layer: haiku's default ``TruncatedNormal(1/sqrt(fan_in))``, truncated at
+  +-2 of that scale, so the realised std is 0.88/sqrt(fan_in).
+- Token and position embeddings: ``TruncatedNormal(0.02)`` (realised std 0.0176).
+- Biases zero; LayerNorm scale one and offset zero.
 
 Attention is written out (no ``scaled_dot_product_attention``): PyTorch's fused CPU
 attention kernels have no double backward, and exact HVPs need one.
@@ -12,16 +22,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "CNN", "Transformer", "ChannelLayerNorm", "causal_mask", "glorot_init_"]
+__all__ = ["MLP", "CNN", "Transformer", "ChannelLayerNorm", "causal_mask", "glorot_init_", "truncated_normal_",
+           "TRUNCATED_STD"]
+
+# Std of a standard normal truncated to [-2, 2]: the factor jax and haiku divide a variance-
+# scaling initialiser's scale by, so that the truncated draw has the intended std.
+TRUNCATED_STD = 0.87962566103423978
+
+
+def truncated_normal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """In place: scale * (a standard normal truncated to [-2, 2]), as haiku's TruncatedNormal
+    (realised std TRUNCATED_STD * scale)."""
+    return nn.init.trunc_normal_(weight, mean=0.0, std=scale, a=-2 * scale, b=2 * scale)
+
+
+def _fans(weight: torch.Tensor) -> tuple:
+    # Receptive field included for convolutions, as flax and torch.nn.init both count it.
+    receptive = weight[0][0].numel() if weight.dim() > 2 else 1
+    return weight.shape[1] * receptive, weight.shape[0] * receptive
 
 
 def glorot_init_(module: nn.Module) -> None:
-    """Glorot-normal weights and zero biases for every Linear and Conv2d inside ``module``."""
+    """flax ``glorot_normal`` weights (truncated normal with std sqrt(2/(fan_in + fan_out)))
+    and zero biases for every Linear and Conv2d inside ``module``."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.xavier_normal_(m.weight)
+            fan_in, fan_out = _fans(m.weight)
+            truncated_normal_(m.weight, math.sqrt(2.0 / (fan_in + fan_out)) / TRUNCATED_STD)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _variance_scaling_(layer: nn.Linear, scale: float) -> None:
+    """haiku ``VarianceScaling(scale)`` (fan_in, truncated normal) weights and a zero bias."""
+    truncated_normal_(layer.weight, math.sqrt(scale / layer.in_features) / TRUNCATED_STD)
+    nn.init.zeros_(layer.bias)
 
 
 class MLP(nn.Module):
@@ -102,7 +137,11 @@ def causal_mask(length: int, device: torch.device | str | None = None) -> torch.
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention written with matmuls and softmax (double-backward safe)."""
+    """Multi-head causal self-attention written with matmuls and softmax (double-backward safe).
+
+    haiku's ``MultiHeadAttention`` has separate query, key and value projections; ``qkv`` is the
+    three stacked (same parameters, same fan_in), and the mask is causal only: the authors' pad
+    mask never masks anything on tiny_shakespeare, whose text has no pad (NUL) character."""
 
     def __init__(self, model_size: int, num_heads: int, key_size: int):
         super().__init__()
@@ -160,10 +199,15 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(model_size, num_heads, key_size) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(model_size)
         self.out = nn.Linear(model_size, vocab_size)
-        glorot_init_(self)
-        # Truncated-normal-like small embeddings, as is usual for (and in) haiku's LM example.
-        nn.init.trunc_normal_(self.tok.weight, std=0.02, a=-0.04, b=0.04)
-        nn.init.trunc_normal_(self.pos.weight, std=0.02, a=-0.04, b=0.04)
+        # The authors' haiku initialisers (module docstring); the order of the draws is fixed
+        # so that a seed gives the same model every time.
+        for block in self.blocks:
+            for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+                _variance_scaling_(layer, 2.0 / num_layers)
+        truncated_normal_(self.out.weight, 1.0 / math.sqrt(model_size))
+        nn.init.zeros_(self.out.bias)
+        truncated_normal_(self.tok.weight, 0.02)
+        truncated_normal_(self.pos.weight, 0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (batch, time, vocab) from integer tokens (batch, time)."""

@@ -45,8 +45,26 @@ from .edge import gd_edge, momentum_edge
 from .hessian import HessianOperator, HVPMethod, LossFn, sharpness
 from .losses import module_loss
 from .record import (
-    ALIGN_GRAD, ALIGN_SAM_GRAD, ASCENT_COLUMNS, COLUMNS, CONVERGED, EDGE, EVAL_COLUMNS, GD_EDGE, GRAD_NORM, HVPS,
-    LAMBDA_MAX, LAMBDA_MIN, LOSS, MEASURE_SECONDS, OP_NORM, RATIO, STEP, TRAIN_LOSS, TRAIN_SECONDS, RunRecord,
+    ALIGN_GRAD,
+    ALIGN_SAM_GRAD,
+    ASCENT_OF,
+    COLUMNS,
+    CONVERGED,
+    EDGE,
+    EVAL_OF,
+    GD_EDGE,
+    GRAD_NORM,
+    HVPS,
+    LAMBDA_MAX,
+    LAMBDA_MIN,
+    LOSS,
+    MEASURE_SECONDS,
+    OP_NORM,
+    RATIO,
+    STEP,
+    TRAIN_LOSS,
+    TRAIN_SECONDS,
+    RunRecord,
 )
 from .sam import SAM, ascent_point
 from .vectors import Params, alignment, flatten, norm
@@ -134,12 +152,12 @@ def measure(
         eedge = edge_of(egn) if edge_of is not None else None
         values = {TRAIN_LOSS: float(eval_point.loss), GRAD_NORM: egn, OP_NORM: esh.op_norm, EDGE: eedge,
                   RATIO: _ratio(esh.op_norm, eedge), HVPS: esh.num_hvps}
-        row.update({EVAL_COLUMNS[k]: v for k, v in values.items()})
+        row.update({EVAL_OF[k]: v for k, v in values.items()})
         new["v_eval"] = esh.eigenvector
     if ascent_params is not None:
         aop = HessianOperator(ascent_loss, ascent_params, train.op.method)
         ash = sharpness(aop, v0=warm.get("v_ascent"), tol=tol, max_iter=max_iter, seed=seed + 2)
-        row.update({ASCENT_COLUMNS[OP_NORM]: ash.op_norm, ASCENT_COLUMNS[HVPS]: ash.num_hvps})
+        row.update({ASCENT_OF[OP_NORM]: ash.op_norm, ASCENT_OF[HVPS]: ash.num_hvps})
         new["v_ascent"] = ash.eigenvector
     return row, new
 
@@ -228,7 +246,7 @@ class EdgeMonitor:
     of the size-weighted mean loss over them); ``optimizer`` the one that steps the model.
     Call ``step()`` after every optimizer step: every ``every`` calls it measures at the current
     weights and returns the row (keys ``step, loss, grad_norm, op_norm, lambda_max, lambda_min,
-    edge, gd_edge, ratio, align_grad, hvps, converged, measure_seconds``; ``align_sam_grad`` for
+    edge, gd_edge, ratio, align_grad, hvps, converged, train_seconds, measure_seconds``; ``align_sam_grad`` for
     SAM; ``eval_*`` with ``eval_data``), else None. ``measure()`` measures now (e.g. at step 0)::
 
         monitor = EdgeMonitor(model, nn.MSELoss(), (x, y), optimizer, every=10)
@@ -271,7 +289,8 @@ class EdgeMonitor:
         self.rows: List[Dict[str, Any]] = []
         self._warm: Dict[str, Optional[torch.Tensor]] = {}
         self._warned: set = set()
-        self._seconds = 0.0
+        self._seconds = 0.0  # spent measuring
+        self._start = time.perf_counter()
         self._warn(edge_spec(optimizer))
 
     def _warn(self, spec: EdgeSpec) -> None:
@@ -305,6 +324,7 @@ class EdgeMonitor:
     def measure(self) -> Dict[str, Any]:
         """Measure at the current weights now, append the row to ``rows`` and return it."""
         t0 = time.perf_counter()
+        outside = t0 - self._start - self._seconds  # the user's loop, between measurements
         flags = [(m, m.training) for m in self.model.modules()]
         buffers = {k: b.clone() for k, b in self.model.named_buffers()} if self.train_mode else {}
         try:
@@ -318,7 +338,7 @@ class EdgeMonitor:
                     if k in buffers:
                         b.copy_(buffers[k])
         self._seconds += time.perf_counter() - t0
-        row[MEASURE_SECONDS] = self._seconds
+        row.update({TRAIN_SECONDS: outside, MEASURE_SECONDS: self._seconds})
         row = {(LOSS if k == TRAIN_LOSS else k): v for k, v in row.items()}
         self.rows.append(row)
         return row
@@ -377,11 +397,12 @@ class EdgeMonitor:
         for r in self.rows:
             out = {c: None for c in COLUMNS}
             out.update({(TRAIN_LOSS if k == LOSS else k): v for k, v in r.items()})
-            out[TRAIN_SECONDS] = None
             rows.append(out)
-        summary = dict(complete=True, diverged=False, diverged_at=None, steps_done=self.t, label=label or self.label(),
+        train_seconds = self.rows[-1][TRAIN_SECONDS] if self.rows else 0.0
+        summary = dict(complete=True, diverged=False, diverged_at=None, steps_done=steps, label=label or self.label(),
                        optimizer=type(self.optimizer).__name__, edge_rule=spec.rule, momentum=spec.beta,
-                       no_edge_reason=spec.reason or None, measure_seconds=self._seconds)
+                       no_edge_reason=spec.reason or None, train_seconds=train_seconds,
+                       measure_seconds=self._seconds)
         return RunRecord(cfg, rows, summary, {})
 
     def save(self, run_dir: str | os.PathLike, label: Optional[str] = None) -> Path:

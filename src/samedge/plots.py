@@ -1,138 +1,276 @@
 """The paper's figures, one call each, for one run or several. Every function returns the
-matplotlib Figure; ``save_figure`` writes it as PNG and SVG."""
+matplotlib Figure; ``save_figure`` writes it as PNG and SVG.
+
+Figures are sized for the book's content column: ``WIDTH`` inches wide (about 720 px at the
+inline backend's 100 dpi, so they are shown at their natural size), at most two panels per row,
+no text below 9 pt, and one legend per figure outside the axes (in a free panel slot when there
+is one, else below the panels)."""
+
 from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .analysis import run_label
-from .record import ALIGN_GRAD, ALIGN_SAM_GRAD, EDGE, EVAL_OP_NORM, OP_NORM, RATIO, SHARPNESS_AND_EDGE, STEP, TRAIN_LOSS, RunRecord
+from .record import (
+    ALIGN_GRAD,
+    ALIGN_SAM_GRAD,
+    EDGE,
+    EVAL_OP_NORM,
+    OP_NORM,
+    RATIO,
+    SHARPNESS_AND_EDGE,
+    STEP,
+    TRAIN_LOSS,
+    RunRecord,
+)
 
-__all__ = ["plot_sharpness", "plot_sam_edge_only", "plot_edge_ratio", "plot_alignment", "plot_loss", "save_figure", "LOSS_NOTE"]
+__all__ = [
+    "plot_sharpness",
+    "plot_sam_edge_only",
+    "plot_edge_ratio",
+    "plot_alignment",
+    "plot_loss",
+    "save_figure",
+    "panel_grid",
+    "shared_legend",
+    "book_style",
+    "transient_ylim",
+    "LOSS_NOTE",
+    "WIDTH",
+    "TRANSIENT",
+]
 
 # What the edge column holds, by update rule (samedge.edge.edge).
 EDGE_LABELS = {"gd": "$2/\\eta$", "sam": "SAM-edge", "usam": "unnormalized-SAM edge"}
 LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
+WIDTH = 7.2  # inches: the book's content column at 100 dpi, so figures are not scaled down
+PANEL_HEIGHT = 2.9  # inches per row of panels
+TRANSIENT = 0.1  # zoomed views fit their y-range to the steps after this fraction of training
+# The smallest text is 9 pt at natural size (ticks, legends); titles and labels 10 pt.
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 10,
+}
+
+
+@contextmanager
+def book_style() -> Iterator[None]:
+    """Matplotlib settings of the book's figures (font sizes); text made inside keeps them."""
+    with plt.rc_context(STYLE):
+        yield
 
 
 def _as_list(records: RunRecord | Sequence[RunRecord]) -> list:
     return [records] if isinstance(records, RunRecord) else list(records)
 
 
-def _grid(n: int, width: float = 4.2, height: float = 3.2):
-    cols = min(n, 3)
+def panel_grid(n: int, height: float = PANEL_HEIGHT, sharex: bool = False) -> Tuple[Figure, List[Axes], Optional[Axes]]:
+    """A figure of ``n`` panels, two per row (one if ``n == 1``), ``WIDTH`` wide.
+
+    Returns the figure, the ``n`` axes and the free slot of an odd grid (an axes turned off, for
+    the legend), or ``None``."""
+    if n < 1:
+        raise ValueError(f"n={n!r}: a figure needs at least one panel")
+    cols = 1 if n == 1 else 2
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, constrained_layout=True)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(WIDTH, height * rows), squeeze=False, sharex=sharex, constrained_layout=True
+    )
+    flat = list(axes.flat)
+    free = None
+    if len(flat) > n:
+        free = flat[n]
+        free.axis("off")
+    return fig, flat[:n], free
 
 
-def _mark_divergence(ax, rec: RunRecord) -> None:
+def shared_legend(fig: Figure, axes: Sequence[Axes], free: Optional[Axes] = None, ncols: Optional[int] = None) -> None:
+    """One legend for all ``axes`` (labels deduplicated): in ``free`` if given, else below the panels."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    if not handles:
+        return
+    if free is not None:
+        free.legend(handles, labels, loc="center", frameon=False)
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols or min(len(labels), 4), frameon=False)
+
+
+def transient_ylim(
+    series: Sequence[Tuple[np.ndarray, np.ndarray]], steps: int, floor: Optional[float] = None, pad: float = 0.08
+) -> Optional[Tuple[float, float, float]]:
+    """y-limits that fit the values of ``series`` ((step, value) pairs) after the first
+    ``TRANSIENT`` of ``steps``: (low, high, largest value left out), or None without data."""
+    kept, early = [], []
+    for step, value in series:
+        step, value = np.asarray(step, dtype=float), np.asarray(value, dtype=float)
+        ok = np.isfinite(value)
+        kept.append(value[ok & (step >= TRANSIENT * steps)])
+        early.append(value[ok])
+    kept_all = np.concatenate(kept) if kept else np.array([])
+    if kept_all.size == 0:
+        return None
+    lo, hi = float(kept_all.min()), float(kept_all.max())
+    if floor is not None:
+        lo = min(lo, floor)
+    span = max(hi - lo, 1e-12 * max(abs(hi), 1.0))
+    all_max = float(np.concatenate(early).max())
+    return lo - pad * span if floor is None else floor, hi + pad * span, all_max
+
+
+def _mark_divergence(ax: Axes, rec: RunRecord) -> None:
     if rec.diverged:
         ax.axvline(rec.summary.get("diverged_at", 0), color="red", lw=1, ls=":")
-        ax.text(0.02, 0.95, f"diverged at step {rec.summary.get('diverged_at')}", transform=ax.transAxes,
-                color="red", va="top", fontsize=9)
+        ax.text(
+            0.02,
+            0.95,
+            f"diverged at step {rec.summary.get('diverged_at')}",
+            transform=ax.transAxes,
+            color="red",
+            va="top",
+            fontsize=9,
+        )
 
 
-def plot_sharpness(records: RunRecord | Sequence[RunRecord], column: str = OP_NORM, title: Optional[str] = None,
-                   edge_column: Optional[str] = None, show_gd_edge: bool = True) -> Figure:
+def plot_sharpness(
+    records: RunRecord | Sequence[RunRecord],
+    column: str = OP_NORM,
+    title: Optional[str] = None,
+    edge_column: Optional[str] = None,
+    show_gd_edge: bool = True,
+) -> Figure:
     """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run.
 
     ``column`` picks the sharpness (``"eval_op_norm"``: on the fixed evaluation batch) and
-    ``edge_column`` its edge (default: ``eval_edge`` for ``eval_*`` columns, else ``edge``)."""
+    ``edge_column`` its edge (default: ``eval_edge`` for ``eval_*`` columns, else ``edge``).
+    The y-range fits the curves after the first ``TRANSIENT`` of training (and 2/eta when shown);
+    a panel whose early values lie above it says so."""
     recs = _as_list(records)
     if edge_column is None:
         edge_column = dict(SHARPNESS_AND_EDGE.values()).get(column, EDGE)
-    fig, axes = _grid(len(recs))
-    for ax, r in zip(axes, recs):
-        df = r.frame
-        if not df.empty:
-            ax.plot(df[STEP], df[column], color="C0", lw=1.6, label={OP_NORM: "$\\|H\\|_{op}$", EVAL_OP_NORM: "$\\|H\\|_{op}$ (eval batch)"}.get(column, column))
-            if r.config.rho > 0:
-                ax.plot(df[STEP], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.config.rule])
-        if show_gd_edge or r.config.rho == 0:
-            ax.axhline(2 / r.config.eta, color="k", ls="--", lw=1, label="$2/\\eta$")
-        ax.set_title(f"{run_label(r)}, $\\eta$={r.config.eta:g}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("sharpness")
-        if show_gd_edge:
-            ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        _mark_divergence(ax, r)
-    fig.suptitle(title or f"Sharpness vs the SAM-edge ({LOSS_NOTE})", fontsize=10)
+    label = {OP_NORM: "$\\|H\\|_{op}$", EVAL_OP_NORM: "$\\|H\\|_{op}$ (eval batch)"}.get(column, column)
+    with book_style():
+        fig, axes, free = panel_grid(len(recs))
+        for ax, r in zip(axes, recs):
+            df = r.frame
+            series = []
+            if not df.empty:
+                ax.plot(df[STEP], df[column], color="C0", lw=1.5, label=label)
+                series.append((df[STEP], df[column]))
+                if r.config.rho > 0:
+                    ax.plot(df[STEP], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.config.rule])
+                    series.append((df[STEP], df[edge_column]))
+            gd = 2 / r.config.eta
+            if show_gd_edge or r.config.rho == 0:
+                ax.axhline(gd, color="k", ls="--", lw=1, label="$2/\\eta$")
+                series.append((np.array([r.config.steps]), np.array([gd])))
+            lim = transient_ylim(series, r.config.steps, floor=0.0 if show_gd_edge else None)
+            name = f"{run_label(r)}, $\\eta$={r.config.eta:g}"
+            if lim is not None:
+                ax.set_ylim(lim[0], lim[1])
+                if lim[2] > lim[1]:  # the initial transient is off the top: say how far
+                    name += f"\n(early values up to {lim[2]:.4g} clipped)"
+            ax.set_title(name)
+            ax.set_xlabel("step")
+            ax.set_ylabel("sharpness")
+            ax.grid(alpha=0.3)
+            _mark_divergence(ax, r)
+        shared_legend(fig, axes, free)
+        fig.suptitle(title or f"Sharpness vs the SAM-edge\n({LOSS_NOTE})")
     return fig
 
 
 def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = OP_NORM) -> Figure:
-    """The SAM runs' ||H||_op and SAM-edge alone, zoomed to them (2/eta left out), one panel per run."""
+    """The SAM runs' ||H||_op and SAM-edge alone, zoomed to them (2/eta and the initial transient
+    left out of the y-range), one panel per run."""
     sam = [r for r in _as_list(records) if r.config.rho > 0]
     if not sam:  # e.g. rhos=[0.0]: say so in the figure rather than fail the notebook
-        fig, ax = plt.subplots(figsize=(5, 1.2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no SAM run (rho > 0) in these records", ha="center", va="center")
+        with book_style():
+            fig, ax = plt.subplots(figsize=(WIDTH, 1.0))
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no SAM run (rho > 0) in these records", ha="center", va="center")
         return fig
-    return plot_sharpness(sam, column=column, show_gd_edge=False, title="Sharpness and the SAM-edge, zoomed (2/eta not shown)")
+    return plot_sharpness(
+        sam,
+        column=column,
+        show_gd_edge=False,
+        title=f"Zoomed: y-range fitted after the first {TRANSIENT:.0%} of steps; 2/$\\eta$ not shown",
+    )
 
 
 def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = RATIO) -> Figure:
     """||H||_op / SAM-edge over steps, all runs on one axes (1 = at the edge; 2/eta for GD)."""
     recs = _as_list(records)
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
-    for i, r in enumerate(recs):
-        df = r.frame
-        if not df.empty:
-            ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
-    ax.axhline(1, color="k", ls="--", lw=1)
-    ax.axvspan(recs[0].config.steps / 2, recs[0].config.steps, color="0.9", zorder=-1, label="second half")
-    ax.set_xlabel("step")
-    ax.set_ylabel("$\\|H\\|_{op}$ / edge")
-    ax.set_title("Sharpness relative to its edge (SAM-edge for SAM, 2/$\\eta$ for GD)")
-    ax.set_ylim(0, 2)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    with book_style():
+        fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
+        for i, r in enumerate(recs):
+            df = r.frame
+            if not df.empty:
+                ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
+        ax.axhline(1, color="k", ls="--", lw=1)
+        ax.axvspan(recs[0].config.steps / 2, recs[0].config.steps, color="0.9", zorder=-1, label="second half")
+        ax.set_xlabel("step")
+        ax.set_ylabel("$\\|H\\|_{op}$ / edge")
+        ax.set_title("Sharpness relative to its edge (SAM-edge for SAM, 2/$\\eta$ for GD); y clipped to [0, 2]")
+        ax.set_ylim(0, 2)
+        ax.grid(alpha=0.3)
+        shared_legend(fig, [ax])
     return fig
 
 
 def plot_alignment(records: RunRecord | Sequence[RunRecord]) -> Figure:
     """|cos| between the top Hessian eigenvector and the gradient / the SAM gradient, per run."""
     recs = _as_list(records)
-    fig, axes = _grid(len(recs))
-    for ax, r in zip(axes, recs):
-        df = r.frame
-        if not df.empty:
-            ax.plot(df[STEP], df[ALIGN_GRAD], lw=1.2, label="gradient $g$")
-            if r.config.rho > 0:
-                ax.plot(df[STEP], df[ALIGN_SAM_GRAD], lw=1.2, label="SAM gradient")
-        ax.set_ylim(0, 1)
-        ax.set_title(run_label(r))
-        ax.set_xlabel("step")
-        ax.set_ylabel("|cos| with top eigenvector")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    with book_style():
+        fig, axes, free = panel_grid(len(recs))
+        for ax, r in zip(axes, recs):
+            df = r.frame
+            if not df.empty:
+                ax.plot(df[STEP], df[ALIGN_GRAD], lw=1.2, color="C0", label="gradient $g$")
+                if r.config.rho > 0:
+                    ax.plot(df[STEP], df[ALIGN_SAM_GRAD], lw=1.2, color="C1", label="SAM gradient")
+            ax.set_ylim(0, 1)
+            ax.set_title(run_label(r))
+            ax.set_xlabel("step")
+            ax.set_ylabel("|cos| with top eigenvector")
+            ax.grid(alpha=0.3)
+        shared_legend(fig, axes, free)
     return fig
 
 
 def plot_loss(records: RunRecord | Sequence[RunRecord]) -> Figure:
     """Training loss over steps (log scale), all runs on one axes."""
     recs = _as_list(records)
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
-    for i, r in enumerate(recs):
-        df = r.frame
-        if not df.empty:
-            ax.plot(df[STEP], df[TRAIN_LOSS], lw=1.3, color=f"C{i}", label=run_label(r))
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    with book_style():
+        fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
+        for i, r in enumerate(recs):
+            df = r.frame
+            if not df.empty:
+                ax.plot(df[STEP], df[TRAIN_LOSS], lw=1.3, color=f"C{i}", label=run_label(r))
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss")
+        ax.grid(alpha=0.3, which="both")
+        shared_legend(fig, [ax])
     return fig
 
 

@@ -25,6 +25,7 @@ COMMON = {
     "preset": None, "eta": None, "rhos": None, "steps": None, "measure_every": None, "seed": 0,
     "device": "auto", "data_dir": None, "results_dir": None, "batch_size": None, "normalize": True,
     "measure_ascent": False, "lanczos_tol": 1e-3, "dtype": "float32", "checkpoint_every": None,
+    "allow_tf32": False,
 }
 
 
@@ -61,7 +62,7 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
     if unknown:
         raise ConfigError(f"unknown parameter(s) {unknown} for task {task!r}; allowed: {sorted(_allowed(task))}")
     params = {**COMMON, **get_task(task).defaults, **load_preset(task, name)}
-    params.update({k: v for k, v in given.items() if v is not None})
+    params.update({k: _from_text(k, v, params[k]) for k, v in given.items() if v is not None})
     params["preset"] = name
     rhos = params["rhos"]
     if not isinstance(rhos, (list, tuple)) or not rhos:
@@ -73,6 +74,18 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
     return params
 
 
+def _from_text(name: str, value: Any, like: Any) -> Any:
+    """A value given as text where a list, number or bool belongs (``papermill -p rhos "[0.0, 0.1]"``
+    passes the string) is read as YAML; anything that is not valid YAML is an error naming it."""
+    if not isinstance(value, str) or isinstance(like, str) or like is None:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        example = "a YAML list such as [0.0, 0.1]" if isinstance(like, (list, tuple)) else f"a value like {like!r}"
+        raise ConfigError(f"{name} must be {example}, got the text {value!r}") from None
+
+
 def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
     """One RunConfig per rho (validated before anything runs)."""
     opts = {k: params[k] for k in get_task(task).defaults}
@@ -80,6 +93,6 @@ def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
         task=task, eta=params["eta"], steps=params["steps"], measure_every=params["measure_every"], seed=params["seed"],
         options=opts, normalize=params["normalize"], batch_size=params["batch_size"], device=params["device"],
         dtype=params["dtype"], lanczos_tol=params["lanczos_tol"], measure_ascent=params["measure_ascent"],
-        checkpoint_every=params["checkpoint_every"],
+        checkpoint_every=params["checkpoint_every"], allow_tf32=params["allow_tf32"],
     )
     return [RunConfig(rho=rho, **common) for rho in params["rhos"]]

@@ -2,11 +2,13 @@
 environment and summary, saved as ``record.csv``, ``config.json`` and ``summary.json``."""
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
@@ -15,11 +17,11 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .precision import precision_settings
+from .rundir import CONFIG, RECORD, SUMMARY, DamagedRunError, atomic_write_text, check_fingerprint, damaged, read_config
 
-__all__ = [
-    "RunRecord", "COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "ASCENT_COLUMNS", "SHARPNESS_AND_EDGE", "environment",
-    "atomic_write_text",
-]
+__all__ = ["RunRecord", "COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "ASCENT_COLUMNS", "EVAL_OF", "ASCENT_OF",
+           "SHARPNESS_AND_EDGE", "second_half", "environment", "atomic_write_text", "check_record", "DamagedRunError"]
 
 # The record's column names, one constant each (analysis, plots, the loop and the monitor use these).
 STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM = "step", "train_loss", "grad_norm", "op_norm"
@@ -39,14 +41,22 @@ COLUMNS = [
     STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM, LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE,
     RATIO, ALIGN_GRAD, ALIGN_SAM_GRAD, HVPS, CONVERGED, TRAIN_SECONDS, MEASURE_SECONDS,
 ]
-# What a fixed evaluation batch records, and under which name (train column -> eval column).
-EVAL_COLUMNS = {TRAIN_LOSS: EVAL_LOSS, GRAD_NORM: EVAL_GRAD_NORM, OP_NORM: EVAL_OP_NORM, EDGE: EVAL_EDGE,
-                RATIO: EVAL_RATIO, HVPS: EVAL_HVPS}
+# What a fixed evaluation batch records, and under which name (training column -> eval column).
+EVAL_OF = {TRAIN_LOSS: EVAL_LOSS, GRAD_NORM: EVAL_GRAD_NORM, OP_NORM: EVAL_OP_NORM, EDGE: EVAL_EDGE,
+           RATIO: EVAL_RATIO, HVPS: EVAL_HVPS}
+EVAL_COLUMNS = list(EVAL_OF.values())
 # What the measurement at the SAM ascent point w~ records.
-ASCENT_COLUMNS = {OP_NORM: ASCENT_OP_NORM, HVPS: ASCENT_HVPS}
+ASCENT_OF = {OP_NORM: ASCENT_OP_NORM, HVPS: ASCENT_HVPS}
+ASCENT_COLUMNS = list(ASCENT_OF.values())
 # The sharpness and the edge behind each ratio column.
 SHARPNESS_AND_EDGE = {RATIO: (OP_NORM, EDGE), EVAL_RATIO: (EVAL_OP_NORM, EVAL_EDGE)}
 TIMING_COLUMNS = [TRAIN_SECONDS, MEASURE_SECONDS]  # wall-clock: the only non-reproducible columns
+
+
+def second_half(df: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """The measurements of the second half of a ``steps``-step run (step >= steps/2): where
+    the book's medians and tolerance bands (``samedge.analysis.BANDS``) are read."""
+    return df[df[STEP] >= steps / 2] if not df.empty else df
 
 
 def environment(device: str) -> Dict[str, Any]:
@@ -58,22 +68,10 @@ def environment(device: str) -> Dict[str, Any]:
         "samedge": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": sys.version.split()[0],
         "platform": platform.platform(), "device": device, "torch_threads": torch.get_num_threads(),
     }
+    env["precision"] = precision_settings()
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -95,21 +93,190 @@ class RunRecord:
         """Whether the run stopped on a non-finite loss, gradient or sharpness."""
         return bool(self.summary.get("diverged", False))
 
+    def median_ratio(self, column: str = RATIO) -> float:
+        """Median of ``column`` (sharpness / edge) over the second half of training."""
+        half = second_half(self.frame, self.config.steps)
+        return float(half[column].median()) if len(half) else float("nan")
+
     def save(self, run_dir: str | os.PathLike) -> Path:
-        """Write config.json, record.csv and summary.json into ``run_dir`` (atomically each)."""
+        """Write config.json, record.csv and summary.json into ``run_dir`` (atomically each, the
+        summary last: its presence marks a finished run). A record that would not load is refused."""
         d = Path(run_dir)
-        atomic_write_text(d / "config.json", json.dumps({"config": self.config.to_dict(), "env": self.env}, indent=2))
-        atomic_write_text(d / "record.csv", self.frame.to_csv(index=False))
-        atomic_write_text(d / "summary.json", json.dumps(self.summary, indent=2))
+        check_record(self.config, self.frame, self.summary, d)
+        atomic_write_text(d / CONFIG, json.dumps({"config": self.config.to_dict(), "env": self.env}, indent=2))
+        atomic_write_text(d / RECORD, self.frame.to_csv(index=False))
+        atomic_write_text(d / SUMMARY, json.dumps(self.summary, indent=2))
         return d
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> "RunRecord":
-        """Read a record written by ``save`` (no rerun needed for plots and tables)."""
+        """Read a record written by ``save`` (no rerun needed for plots and tables), checked with
+        ``check_record``: a damaged or inconsistent file raises DamagedRunError naming it."""
         d = Path(run_dir)
-        meta = json.loads((d / "config.json").read_text())
-        text = (d / "record.csv").read_text()
-        rows = pd.read_csv(d / "record.csv").to_dict("records") if text.strip() else []
-        summary = json.loads((d / "summary.json").read_text())
-        return cls(RunConfig.from_dict(meta["config"]), rows, summary, meta.get("env", {}))
+        meta = read_config(d)
+        if meta is None:
+            raise damaged(d / CONFIG, "it is missing")
+        try:
+            cfg = RunConfig.from_dict(meta["config"])
+        except (ValueError, TypeError) as err:  # ConfigError is a ValueError; a missing field a TypeError
+            raise damaged(d / CONFIG, f"it holds an invalid configuration ({err})") from None
+        lacking = sorted(set(cfg.to_dict()) - set(meta["config"]))
+        if lacking:
+            raise damaged(d / CONFIG, f"it lacks the configuration fields {lacking}: it was written by another "
+                                      "version of samedge, so its record may not be this version's")
+        check_fingerprint(d, cfg.fingerprint())
+        summary = _read_summary(d / SUMMARY)
+        frame = _read_frame(d / RECORD)
+        check_record(cfg, frame, summary, d)
+        return cls(cfg, frame.to_dict("records"), summary, meta.get("env", {}))
+
+
+# What a loaded record must be: integer and boolean columns, and the columns that are finite on
+# every row but the one of a recorded divergence (the loop stops on a non-finite loss, gradient
+# norm or sharpness; the edges are functions of finite numbers). Eval and ascent values may be
+# non-finite anywhere: the loop does not stop on them.
+INT_COLUMNS = (STEP, HVPS, EVAL_HVPS, ASCENT_HVPS)
+BOOL_COLUMNS = (CONVERGED,)
+FINITE_COLUMNS = (TRAIN_LOSS, GRAD_NORM, OP_NORM, LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE, ALIGN_GRAD, ALIGN_SAM_GRAD)
+# A user's loop saved by EdgeMonitor (task 'custom') may lack an edge (an optimizer no formula
+# covers: these columns empty) and measures on its own schedule.
+NO_EDGE_COLUMNS = (EDGE, GD_EDGE, RATIO, ALIGN_SAM_GRAD)
+
+
+def _read_summary(path: Path) -> Dict[str, Any]:
+    if not path.exists():
+        raise damaged(path, "it is missing, so the run did not finish (or its last write was cut short)",
+                      "run it again with samedge.loop.run to resume or recompute it")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise damaged(path, f"it is not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise damaged(path, f"it holds a {type(summary).__name__}, not an object")
+    return summary
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    """record.csv as a DataFrame; every line must have the header's number of fields (pandas
+    would fill a short line with NaN)."""
+    if not path.exists():
+        raise damaged(path, "it is missing although summary.json says the run finished")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise damaged(path, f"it cannot be read as text ({err})") from None
+    if not text.strip():
+        return pd.DataFrame()
+    lines = list(csv.reader(io.StringIO(text)))
+    header = lines[0]
+    if len(set(header)) != len(header):
+        raise damaged(path, f"its header repeats a column ({header})")
+    for i, fields in enumerate(lines[1:], start=2):
+        if len(fields) != len(header):
+            raise damaged(path, f"line {i} has {len(fields)} fields but the header has {len(header)}")
+    try:
+        return pd.read_csv(io.StringIO(text))
+    except (ValueError, pd.errors.ParserError) as err:
+        raise damaged(path, f"it cannot be parsed as CSV ({err})") from None
+
+
+def _schedule(cfg: RunConfig) -> List[int]:
+    """The measured steps of a run that does not diverge: every measure_every steps, and the last."""
+    return [t for t in range(cfg.steps + 1) if t % cfg.measure_every == 0 or t == cfg.steps]
+
+
+def _first_bad(df: pd.DataFrame, column: str, bad: pd.Series) -> str:
+    """The first offending value of ``column`` and its row, for error messages."""
+    hits = bad.to_numpy().nonzero()[0]
+    if not len(hits):
+        return f"values of dtype {df[column].dtype}"
+    i = hits[0]
+    v, step = (x.item() if hasattr(x, "item") else x for x in (df[column].iloc[i], df[STEP].iloc[i] if STEP in df else "?"))
+    return f"{v!r} in row {i + 1} (step {step})"
+
+
+def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], run_dir: Path) -> None:
+    """Raise DamagedRunError unless ``frame`` and ``summary`` are what ``loop.run`` writes for
+    ``cfg``: the columns of record.COLUMNS (with all or none of EVAL_COLUMNS, and ASCENT_COLUMNS
+    exactly when measure_ascent), integer steps and HVP counts, boolean ``converged``, finite
+    numbers except on the row of a recorded divergence, steps strictly increasing on the schedule
+    (every measure_every steps from 0, and ``steps``; a diverged run stops at ``diverged_at``),
+    and a summary of a complete run consistent with the rows. A user's loop saved by EdgeMonitor
+    (task 'custom') keeps its own measurement schedule and may have no edge (NO_EDGE_COLUMNS empty)."""
+    from .tasks import CustomTask
+
+    custom = cfg.task == CustomTask.name
+    rec, summ = Path(run_dir) / RECORD, Path(run_dir) / SUMMARY
+    if summary.get("complete") is not True:
+        raise damaged(summ, f"'complete' is {summary.get('complete')!r}, not true")
+    div, div_at, done = summary.get("diverged"), summary.get("diverged_at"), summary.get("steps_done")
+    if not isinstance(div, bool):
+        raise damaged(summ, f"'diverged' is {div!r}, not true or false")
+    if div_at is not None and (isinstance(div_at, bool) or not isinstance(div_at, int) or not 0 <= div_at <= cfg.steps):
+        raise damaged(summ, f"'diverged_at' is {div_at!r}, not null or a step in 0..{cfg.steps}")
+    if div != (div_at is not None):
+        raise damaged(summ, f"'diverged' is {div} but 'diverged_at' is {div_at!r}")
+    if done != (div_at if div else cfg.steps) or isinstance(done, bool):
+        why = f"diverged at {div_at}" if div else f"has {cfg.steps} steps"
+        raise damaged(summ, f"'steps_done' is {done!r} but the run {why}")
+    for k in TIMING_COLUMNS:
+        v = summary.get(k, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise damaged(summ, f"{k!r} is {v!r}, not a finite number >= 0")
+
+    expected = [t for t in _schedule(cfg) if not div or t <= div_at]
+    if frame.empty:
+        if expected and not custom and not (div and div_at == expected[0] == 0):
+            raise damaged(rec, f"it has no rows, but the summary expects measurements at steps {expected[:5]}...")
+        return
+    cols = set(frame.columns)
+    want = set(COLUMNS) | (set(ASCENT_COLUMNS) if cfg.measure_ascent else set())
+    if cols & set(EVAL_COLUMNS):
+        want |= set(EVAL_COLUMNS)
+    missing, unknown = sorted(want - cols), sorted(cols - want)
+    if missing or unknown:
+        raise damaged(rec, f"its columns are wrong (missing {missing}, unknown {unknown})")
+    at_div = (frame[STEP] == div_at) if div and pd.api.types.is_numeric_dtype(frame[STEP]) else pd.Series(False, index=frame.index)
+    for c in frame.columns:
+        s = frame[c]
+        if c in BOOL_COLUMNS:
+            if not pd.api.types.is_bool_dtype(s):
+                raise damaged(rec, f"column {c!r} must hold True/False, got {_first_bad(frame, c, ~s.isin([True, False]))}")
+            continue
+        if pd.api.types.is_bool_dtype(s):
+            raise damaged(rec, f"column {c!r} must hold numbers, got True/False")
+        num = pd.to_numeric(s, errors="coerce")
+        nonnum = num.isna() & s.notna()
+        if nonnum.any():
+            raise damaged(rec, f"column {c!r} must hold numbers, got {_first_bad(frame, c, nonnum)}")
+        if c in INT_COLUMNS and not pd.api.types.is_integer_dtype(s):
+            raise damaged(rec, f"column {c!r} must hold integers, got {_first_bad(frame, c, (num != num.round()) | num.isna())}")
+        if c in INT_COLUMNS and (s < 0).any():
+            raise damaged(rec, f"column {c!r} must be >= 0, got {_first_bad(frame, c, s < 0)}")
+        if c in FINITE_COLUMNS:
+            bad = ~pd.Series(num.map(math.isfinite).astype(bool), index=s.index) & ~at_div
+            if custom and c in NO_EDGE_COLUMNS:
+                bad &= ~num.isna()
+            if bad.any():
+                why = "" if div else " and the run did not diverge (summary.json has no 'diverged_at')"
+                raise damaged(rec, f"column {c!r} must be finite, got {_first_bad(frame, c, bad)}{why}")
+        if c in TIMING_COLUMNS:
+            bad = ~num.map(lambda v: math.isfinite(v) and v >= 0).astype(bool)
+            if bad.any():
+                raise damaged(rec, f"column {c!r} must be finite and >= 0, got {_first_bad(frame, c, bad)}")
+    edge, ratio = frame[EDGE].astype(float), frame[RATIO].astype(float)
+    ok_ratio = ratio.map(math.isfinite).astype(bool) | ((edge == 0) & (ratio == math.inf)) | at_div
+    if custom:
+        ok_ratio |= ratio.isna() & edge.isna()
+    if not ok_ratio.all():
+        raise damaged(rec, f"column 'ratio' must be finite (or inf where edge is 0), got {_first_bad(frame, 'ratio', ~ok_ratio)}")
+    steps = frame[STEP].tolist()
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise damaged(rec, f"its steps are not strictly increasing ({steps[:8]}...)")
+    if not custom and steps != expected and not (div and steps == expected[:-1] and expected[-1] == div_at):
+        off = sorted(set(steps) - set(expected))
+        raise damaged(rec, f"its steps {steps[:8]}{'...' if len(steps) > 8 else ''} are not the schedule of "
+                           f"steps={cfg.steps}, measure_every={cfg.measure_every}"
+                           f"{', diverged at ' + str(div_at) if div else ''} (off-schedule {off[:5]}, "
+                           f"missing {sorted(set(expected) - set(steps))[:5]})")
 

@@ -64,8 +64,10 @@ def _first_line(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def run_notebook(path: Path, out_dir: Path, parameters: Dict[str, Any], cwd: Path, timeout: Optional[int] = None) -> Dict[str, Any]:
-    """Execute one notebook with papermill; returns name, status, seconds, output path and error."""
+def run_notebook(path: Path, out_dir: Path, parameters: Dict[str, Any], cwd: Path, timeout: Optional[int] = None,
+                 prepare_only: bool = False) -> Dict[str, Any]:
+    """Execute one notebook with papermill (or only inject its parameters, ``prepare_only``);
+    returns name, status, seconds, output path and error."""
     import papermill
 
     out = out_dir / path.name
@@ -74,7 +76,7 @@ def run_notebook(path: Path, out_dir: Path, parameters: Dict[str, Any], cwd: Pat
     try:
         papermill.execute_notebook(
             str(path), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3",
-            progress_bar=False, log_output=False, execution_timeout=timeout,
+            progress_bar=False, log_output=False, execution_timeout=timeout, prepare_only=prepare_only,
         )
     except Exception as err:  # a failing cell (PapermillExecutionError), a dead kernel, a timeout
         status, error = "failed", _first_line(err)
@@ -104,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default: no limit)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write the notebooks with their parameters injected, execute nothing (checks a command line)")
     return p
 
 
@@ -148,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records = []
     for i, name in enumerate(names, 1):
         params = {k: v for k, v in {**common, **extra}.items() if k in declared[name]}
-        rec = run_notebook(available[name], out, params, cwd=book, timeout=args.timeout)
+        rec = run_notebook(available[name], out, params, cwd=book, timeout=args.timeout, prepare_only=args.prepare_only)
         records.append(rec)
         line = f"[{i}/{len(names)}] {name:<{width}}  {rec['seconds']:8.1f} s  {'ok' if rec['status'] == 'ok' else 'FAILED'}"
         if rec["error"]:

@@ -2,22 +2,30 @@
 
 Run after ``jupyter-book build .`` (CI builds at ``SAMEDGE_PRESET=smoke``)::
 
-    SAMEDGE_BROWSER_TEST=1 SAMEDGE_MATHJAX_DIR=<npm prefix>/node_modules/mathjax pytest tests/browser
+    SAMEDGE_BROWSER_TEST=1 pytest tests/browser
 
 For every page: it loads with status 200; every ``<img>`` has loaded (``naturalWidth > 0``);
 every math element was typeset by MathJax (an ``mjx-container`` inside each ``.math``, no
-``mjx-merror``, no undefined-macro text, no raw ``$$`` left outside code); no JavaScript
-console error or uncaught exception; the experiment pages show their results table and at least
-one figure, the quadratic chapter its figures; the derivation page has typeset math. A
-full-page screenshot of each page and ``report.json`` go to ``_build/browser-artifacts/``.
+``mjx-merror``, no undefined-macro text, no raw ``$$`` left outside code), by the MathJax copy
+the site serves itself (``_static/mathjax``, not a CDN); no JavaScript console error or uncaught
+exception; the experiment pages show their results table and at least one figure, the quadratic
+chapter its figures; the derivation page has typeset math. What a reader sees is checked too:
+no table, code block, display equation or figure wider than the content column (nor scrolling
+inside it), no equation running under its number, every figure shown at >= 80% of its natural
+width or >= 600 px and inside a ``<figure>`` with a numbered caption, and no definition list
+left unparsed ("Term" + newline + ": text" in a paragraph). A full-page screenshot of each page
+and ``report.json`` go to ``_build/browser-artifacts/``.
 
-The site is served on 127.0.0.1 from a thread. The book loads MathJax from its CDN URL (kept
-for readers); here requests for that URL are answered from a local copy of the npm package
-``mathjax@3`` (``SAMEDGE_MATHJAX_DIR``), and every other request that does not go to the local
-server is aborted and counted: the pages must need none of them.
+The site is served on 127.0.0.1 from a thread, and every request that does not go to it is
+aborted and counted: the pages must need none. A site built without the book's MathJax package
+loads MathJax from its CDN; for such a build, requests for that URL can be answered from a local
+copy of the npm package ``mathjax@3`` (``SAMEDGE_MATHJAX_DIR``), and every page is reported as
+loading MathJax from the network.
 
 ``test_the_checks_catch_breakage`` shows the checks can fail: on a temporary copy of the site
-with an image file deleted, an equation broken and MathJax withheld, they report each problem.
+with an image file deleted, an equation broken, MathJax withheld, and on the quadratic chapter a
+figure shrunk, a caption removed, a wide table, a long equation and an unparsed definition list
+injected, they report each problem.
 
 Environment: ``SAMEDGE_BOOK_HTML`` (default ``_build/html``), ``SAMEDGE_BROWSER_ARTIFACTS``
 (default ``_build/browser-artifacts``), ``SAMEDGE_CHROMIUM`` (default ``/usr/bin/chromium``).
@@ -54,20 +62,22 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
+LOCAL_MATHJAX = "/_static/mathjax/"  # where book/_ext/samedge_mathjax.py puts MathJax in the site
+MIN_FIGURE_PX = 600  # a figure shown narrower than this must be shown at >= 80% of its natural width
 MATH_PAGES = {"book/derivation.html"}  # must contain typeset math
 FIGURE_PAGES = {"book/quadratic.html"}  # must contain figures (besides the experiment pages)
 RESULTS_HEADER = "median ratio"  # a column of samedge.analysis.ratio_table
 
 
-def mathjax_dir() -> Path:
-    """The local copy of the npm package mathjax@3 (its ``es5/tex-mml-chtml.js`` is what the book loads)."""
+def mathjax_dir() -> Optional[Path]:
+    """A local copy of the npm package mathjax@3, to answer CDN requests of a site built without the
+    book's MathJax package (None: there is none, and such requests are blocked like any other)."""
     cache = Path(os.environ.get("SAMEDGE_CI_CACHE", Path.home() / ".cache" / "samedge-ci"))
     candidates = [os.environ.get("SAMEDGE_MATHJAX_DIR"), cache / "npm" / "node_modules" / "mathjax"]
     for c in candidates:
         if c and (Path(c) / "es5" / "tex-mml-chtml.js").is_file():
             return Path(c)
-    pytest.fail(f"no local MathJax: set SAMEDGE_MATHJAX_DIR to a directory with es5/tex-mml-chtml.js "
-                f"(npm install --prefix DIR mathjax@3; looked in {[str(c) for c in candidates if c]})")
+    return None
 
 
 def experiment_pages() -> set:
@@ -140,6 +150,7 @@ class PageReport:
     console_errors: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
     screenshot: Optional[str] = None
+    column_px: Optional[float] = None
 
 
 # Runs in the page after MathJax has finished: what the checks need, in one round trip.
@@ -156,7 +167,36 @@ INSPECT = """() => {
   clone.querySelectorAll('pre, code, script, style, mjx-container, .math').forEach(e => e.remove());
   const tables = Array.from(document.querySelectorAll('main table'));
   const headers = tables.map(t => Array.from(t.querySelectorAll('th')).map(th => th.textContent.trim()).join(' | '));
-  return {imgs, mathCount: math.length, typeset: document.querySelectorAll('mjx-container').length, untypeset,
+  // What a reader sees, measured against the content column (its padding box less the padding).
+  const col = document.querySelector('.bd-article') || main;
+  const cs = getComputedStyle(col), cr = col.getBoundingClientRect();
+  const colLeft = cr.left + parseFloat(cs.paddingLeft), colRight = cr.right - parseFloat(cs.paddingRight);
+  const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + ' "' +
+      (e.getAttribute('src') || e.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 50) + '"';
+  const wide = [];
+  col.querySelectorAll('table, pre, div.math, mjx-container[display="true"], img, figure').forEach(e => {
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) return;  // not displayed (a collapsed toggle)
+    const outside = r.right > colRight + 1 || r.left < colLeft - 1;
+    const scrolls = e.scrollWidth > e.clientWidth + 1 && e.tagName !== 'IMG';
+    if (outside || scrolls) wide.push(`${name(e)}: ${Math.round(Math.max(r.width, e.scrollWidth))} px`);
+  });
+  const underNumber = [];
+  col.querySelectorAll('div.math').forEach(d => {
+    const num = d.querySelector('.eqno'), m = d.querySelector('mjx-container mjx-math');
+    if (!num || !m) return;
+    const a = m.getBoundingClientRect(), b = num.getBoundingClientRect();
+    if (a.top < b.bottom && b.top < a.bottom && a.right > b.left + 1) underNumber.push(num.textContent.trim().slice(0, 8));
+  });
+  const figures = Array.from(col.querySelectorAll('img')).map(i => {
+    const fig = i.closest('figure'), cap = fig && fig.querySelector('figcaption');
+    return {src: i.getAttribute('src'), shown: i.getBoundingClientRect().width, natural: i.naturalWidth,
+            caption: cap ? cap.textContent.trim() : '', numbered: !!(cap && cap.querySelector('.caption-number'))};
+  });
+  const terms = Array.from(col.querySelectorAll('p')).map(p => p.textContent)
+      .filter(t => /(^|\\n)[^\\n]+\\n\\s*:\\s/.test(t)).map(t => t.trim().replace(/\\s+/g, ' ').slice(0, 60));
+  const mathjaxSrc = Array.from(document.querySelectorAll('script[src*="mathjax"]')).map(e => e.src);
+  return {imgs, mathCount: math.length, wide, underNumber, figures, terms, mathjaxSrc, column: colRight - colLeft, typeset: document.querySelectorAll('mjx-container').length, untypeset,
           errors, undefinedMacros, rawDollars: clone.textContent.includes('$$'), tables: headers,
           hasMathJax: !!document.querySelector('script[src*="mathjax"]')};
 }"""
@@ -171,8 +211,10 @@ def _meta_refresh(context: BrowserContext, base_url: str, page_path: str) -> Opt
 
 
 def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: Optional[Path],
-               screenshot_dir: Optional[Path] = None, experiments: frozenset = frozenset()) -> PageReport:
-    """Open one page and return what is wrong with it (``report.problems``); ``mathjax=None`` withholds MathJax."""
+               screenshot_dir: Optional[Path] = None, experiments: frozenset = frozenset(),
+               withhold_mathjax: bool = False) -> PageReport:
+    """Open one page and return what is wrong with it (``report.problems``). ``mathjax``: a local
+    mathjax@3 for CDN requests (None: block them); ``withhold_mathjax``: block MathJax altogether."""
     report = PageReport(page_path)
     host = urlparse(base_url).netloc
     redirect = _meta_refresh(context, base_url, page_path)
@@ -180,7 +222,10 @@ def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: 
 
     def route(r: Route) -> None:
         url = r.request.url
-        if urlparse(url).netloc == host:
+        if withhold_mathjax and ("mathjax" in urlparse(url).path.lower()):
+            report.blocked.append(url)
+            r.abort()
+        elif urlparse(url).netloc == host:
             r.continue_()
         elif mathjax is not None and url.startswith(MATHJAX_CDN):
             local = mathjax / urlparse(url).path[len(urlparse(MATHJAX_CDN).path):]
@@ -242,6 +287,23 @@ def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: 
     if page_path in experiments or page_path in FIGURE_PAGES:
         if report.images == 0:
             report.problems.append("no figure on a page that must have figures (a kernel without the inline backend?)")
+    report.column_px = info["column"]
+    if info["wide"]:
+        report.problems.append(f"wider than the content column ({info['column']:.0f} px): {info['wide'][:4]}")
+    if info["underNumber"]:
+        report.problems.append(f"equations running under their number: {info['underNumber'][:4]}")
+    small = [f"{f['src']}: {f['shown']:.0f} of {f['natural']} px" for f in info["figures"]
+             if f["natural"] > 0 and f["shown"] < min(0.8 * f["natural"], MIN_FIGURE_PX)]
+    if small:
+        report.problems.append(f"figures shown below 80% of their natural width and below {MIN_FIGURE_PX} px: {small[:4]}")
+    uncaptioned = [f["src"] for f in info["figures"] if not (f["caption"] and f["numbered"])]
+    if uncaptioned:
+        report.problems.append(f"figures without a numbered caption: {uncaptioned[:4]}")
+    if info["terms"]:
+        report.problems.append(f"unparsed definition lists ('Term : text' paragraphs): {info['terms'][:3]}")
+    remote = [u for u in info["mathjaxSrc"] if urlparse(u).netloc != host]
+    if remote:
+        report.problems.append(f"MathJax loaded from the network, not from the site: {remote[:1]}")
     if report.console_errors:
         report.problems.append(f"console errors: {report.console_errors[:5]}")
     return report
@@ -259,7 +321,7 @@ def test_every_page_renders(site):
     pages = site_pages(site)
     experiments = frozenset(experiment_pages())
     assert "book/derivation.html" in pages and experiments & set(pages), pages
-    mj = mathjax_dir()
+    mj = mathjax_dir()  # only needed for a site that loads MathJax from its CDN
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
@@ -293,22 +355,47 @@ def _break_site(site: Path, dest: Path, experiment_page: str) -> str:
     return src
 
 
+def _break_reading(page: Path) -> None:
+    """On ``page`` (with at least two figures): shrink the first figure to 150 px, remove the second
+    figure's caption, and add a wide table, a long numbered equation and an unparsed definition list."""
+    text = page.read_text()
+    text = re.sub(r"<img ", '<img style="width: 150px" ', text, count=1)
+    captions = [m.start() for m in re.finditer(r"<figcaption", text)]
+    assert len(captions) >= 2, "the page needs two captioned figures"
+    end = text.index("</figcaption>", captions[1]) + len("</figcaption>")
+    text = text[: captions[1]] + text[end:]
+    wide = '<table><tr><td style="white-space: nowrap">' + "a wide table cell " * 40 + "</td></tr></table>"
+    long_eq = ('<div class="math notranslate nohighlight"><span class="eqno">(99)</span>\\[' +
+               " + ".join(f"x_{{{i}}}" for i in range(80)) + "\\]</div>")
+    term = "<p>Exact Hessian-vector products\n: an unparsed definition list</p>"
+    marker = '<section id="'
+    at = text.index(marker, text.index(marker) + 1)  # before the page's second section
+    page.write_text(text[:at] + wide + long_eq + term + text[at:])
+
+
 def test_the_checks_catch_breakage(site, tmp_path):
     """On a broken copy of the site the same checks fail: a deleted image file is reported on its
-    page, an equation with an extra brace as a MathJax error, and withheld MathJax as untypeset
-    math (and a console error for the blocked script)."""
+    page, an equation with an extra brace as a MathJax error, withheld MathJax as untypeset math
+    (and a console error for the blocked script); on the quadratic chapter a shrunk figure, a
+    removed caption, a wide table, a long equation and an unparsed definition list."""
     experiments = sorted(frozenset(experiment_pages()) & set(site_pages(site)))
     assert experiments
     broken = tmp_path / "html"
     src = _break_site(site, broken, experiments[0])
+    _break_reading(broken / "book" / "quadratic.html")
     mj = mathjax_dir()
     with serve(broken) as base, chromium() as context:
         exp = check_page(context, base, experiments[0], mj, experiments=frozenset(experiments))
         deriv = check_page(context, base, "book/derivation.html", mj)
-        no_mathjax = check_page(context, base, "book/intro.html", None)
+        no_mathjax = check_page(context, base, "book/intro.html", mj, withhold_mathjax=True)
+        reading = check_page(context, base, "book/quadratic.html", mj)
         intact = check_page(context, base, "book/intro.html", mj)
     assert any("images not loaded" in p and src in p for p in exp.problems), exp.problems
     assert any("MathJax errors" in p for p in deriv.problems), deriv.problems
     assert any("not typeset" in p for p in no_mathjax.problems) and no_mathjax.blocked, no_mathjax
     assert any("console errors" in p for p in no_mathjax.problems), no_mathjax.problems
+    found = " ".join(reading.problems)
+    assert "a wide table cell" in found and "(99)" in found, reading.problems  # the table; the equation
+    assert "figures shown below 80%" in found and "figures without a numbered caption" in found, reading.problems
+    assert "unparsed definition lists" in found, reading.problems
     assert intact.problems == [], intact.problems  # the page that was not broken still passes

@@ -1,0 +1,590 @@
+"""Sweeps: the cartesian product of a grid of notebook parameters and seeds, one submitit job per
+run, each job one fingerprinted run directory.
+
+    records = sweep("mnist", "smoke", {"eta": [0.2, 0.3], "rho": [0.0, 0.05]}, seeds=[0, 1],
+                    executor="local", max_parallel=2)
+
+Every run's configuration is built (and validated) before anything is submitted. A run whose
+directory already holds ``summary.json`` and ``record.csv`` is reloaded, not submitted; an
+unfinished one (a checkpoint left by a failure, a preemption or a cancel) is submitted again and
+resumes from its checkpoint through ``loop.run``, so re-running the same sweep computes only
+what is missing. Executors (all submitit's):
+
+- ``local``: one subprocess per run on this machine, at most ``max_parallel`` at a time;
+- ``slurm``: one SLURM job array (``array_parallelism`` = ``max_parallel``), parameters from
+  ``slurm_parameters``; a job that SLURM preempts or times out is requeued by submitit and
+  resumes from its checkpoint;
+- ``debug``: in this process, one run after another (submitit's debug executor, which opens
+  pdb on an error).
+"""
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import yaml
+from tqdm.auto import tqdm
+
+from .config import ConfigError, RunConfig, resolve_device
+from .experiment import results_root
+from .loop import CHECKPOINT, run
+from .presets import COMMON, resolve_params, run_configs
+from .record import RunRecord
+from .tasks import get_task
+
+__all__ = [
+    "EXECUTORS", "PlannedRun", "Outcome", "SweepResult", "SweepError", "RunJob", "parse_value", "parse_grid",
+    "check_grid", "plan", "job_device", "slurm_parameters", "make_executor", "slurm_script", "SweepRunner",
+    "default_folder", "local_gpus",
+    "execute", "sweep",
+]
+
+EXECUTORS = ("local", "slurm", "debug")
+# Notebook parameters a grid may not vary: where the runs go, and the seed (use ``seeds``).
+NOT_IN_GRID = {"preset": "choose the preset with preset=", "results_dir": "use results_dir=", "data_dir": "use -p data_dir=",
+               "seed": "use seeds=[...] (--seeds on the command line)", "device": "use device= (--device)"}
+# Where submitit's per-attempt folders (sbatch scripts, pickles, logs) go, under the results root.
+SUBMITIT_DIR = "submitit"
+
+
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed; ``result`` holds every run's outcome."""
+
+    def __init__(self, message: str, result: "SweepResult"):
+        super().__init__(message)
+        self.result = result
+
+
+def _number_strings(v: Any) -> Any:
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a sweep over step sizes must not trip on that.
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    if isinstance(v, list):
+        return [_number_strings(x) for x in v]
+    return v
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML (``0.1``, ``[0.0, 0.1]``, ``true``), numbers such as ``1e-3`` as floats."""
+    try:
+        return _number_strings(yaml.safe_load(text))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read {text!r} as a YAML value: {' '.join(str(err).split())}") from None
+
+
+def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
+    """``["eta=0.1,0.2", "rho=0,0.05"]`` (or ``["eta=0.1,0.2,rho=0,0.05"]``) -> ``{"eta": [0.1, 0.2], "rho": [0, 0.05]}``.
+
+    A comma-separated token with ``=`` starts a new parameter; the others are its values."""
+    grid: Dict[str, List[Any]] = {}
+    for spec in specs:
+        key = None
+        for token in spec.split(","):
+            token = token.strip()
+            if "=" in token:
+                key, token = (s.strip() for s in token.split("=", 1))
+                if not key:
+                    raise ConfigError(f"grid {spec!r}: a parameter name is missing before '='; write NAME=V1,V2")
+                if key in grid:
+                    raise ConfigError(f"grid parameter {key!r} is given twice; give all its values once: {key}=V1,V2,...")
+                grid[key] = []
+            elif key is None:
+                raise ConfigError(f"grid {spec!r} must start with NAME=, e.g. eta=0.1,0.2")
+            if token == "":
+                if grid[key]:
+                    raise ConfigError(f"grid {spec!r}: an empty value in the list of {key!r}")
+                continue
+            grid[key].append(parse_value(token))
+    return grid
+
+
+def _allowed(task: str) -> set:
+    return set(COMMON) | set(get_task(task).defaults)
+
+
+def _normalize_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``rho=r`` is ``rhos=[r]``; both at once is an error."""
+    p = dict(params or {})
+    if "rho" in p:
+        if "rhos" in p:
+            raise ConfigError(f"give either rho={p['rho']!r} or rhos={p['rhos']!r}, not both")
+        rho = p.pop("rho")
+        p["rhos"] = rho if isinstance(rho, list) else [rho]
+    return p
+
+
+def check_grid(task: str, grid: Mapping[str, Sequence[Any]], params: Optional[Mapping[str, Any]] = None) -> Dict[str, List[Any]]:
+    """The grid with ``rhos`` spelled ``rho``; unknown, empty, repeated or doubly-set parameters are errors."""
+    allowed = _allowed(task)
+    given = _normalize_params(params)
+    out: Dict[str, List[Any]] = {}
+    for key, values in grid.items():
+        name = "rho" if key in ("rho", "rhos") else key
+        if name in out:
+            raise ConfigError("grid parameter 'rho' is given twice (as 'rho' and 'rhos'); give its values once")
+        if name in NOT_IN_GRID:
+            raise ConfigError(f"{name!r} cannot be a grid parameter: {NOT_IN_GRID[name]}")
+        if name != "rho" and name not in allowed:
+            options = sorted((allowed - set(NOT_IN_GRID) - {"rhos"}) | {"rho"})
+            raise ConfigError(f"unknown grid parameter {key!r} for task {task!r}; allowed: {options}")
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ConfigError(f"grid parameter {key!r} has no values; give at least one, e.g. {key}=0.1,0.2")
+        seen = []
+        for v in values:
+            if v in seen:
+                raise ConfigError(f"grid parameter {key!r} lists the value {v!r} twice")
+            seen.append(v)
+        if (name == "rho" and "rhos" in given) or name in given:
+            raise ConfigError(f"{name!r} is set both as a parameter ({given.get(name, given.get('rhos'))!r}) and by the grid; drop one")
+        out[name] = values
+    return out
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its configuration, its run directory and the data directory."""
+
+    config: RunConfig
+    run_dir: Path
+    data_dir: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The run directory's name."""
+        return self.run_dir.name
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run directory holds a finished record (``loop.run`` reloads it)."""
+        return (self.run_dir / "summary.json").exists() and (self.run_dir / "record.csv").exists()
+
+
+def job_device(device: str, executor: str, gpus: int = 0) -> str:
+    """The device the runs use: resolved here for local and debug jobs (they run on this machine);
+    for SLURM, ``auto`` means ``cuda`` when GPUs are requested, else ``cpu``, checked on the node."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if executor != "slurm":
+        return resolve_device(device)
+    if device == "auto":
+        return "cuda" if gpus else "cpu"
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return device
+
+
+def _describe(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in point.items())
+
+
+def plan(task: str, preset: Optional[str] = None, grid: Optional[Mapping[str, Sequence[Any]]] = None,
+         seeds: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None,
+         results_dir: Optional[str | os.PathLike] = None, device: str = "cpu") -> List[PlannedRun]:
+    """Every run of the sweep, each configuration validated; nothing is written or submitted.
+
+    The runs are the product of the grid's values and the seeds over the preset's parameters
+    (``params`` override the preset; a grid without ``rho`` runs every rho of the preset).
+    ``device`` is taken as given (see ``job_device``)."""
+    get_task(task)
+    given = _normalize_params(params)
+    given.pop("device", None)
+    grid = check_grid(task, grid or {}, given)
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds:
+            raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=[0, 1, 2]")
+        if "seed" in given:
+            raise ConfigError(f"seed is set both as a parameter ({given['seed']!r}) and by seeds={seeds}; drop one")
+        for s in seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise ConfigError(f"seeds must be non-negative integers, got {s!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds lists a seed twice: {seeds}")
+    if results_dir is not None:
+        given["results_dir"] = str(results_dir)
+    runs: List[PlannedRun] = []
+    seen = set()
+    for combo in itertools.product(*grid.values()):
+        point = dict(zip(grid, combo))
+        p = {**given, **{k: v for k, v in point.items() if k != "rho"}}
+        if "rho" in point:
+            p["rhos"] = [point["rho"]]
+        for seed in seeds if seeds is not None else [None]:
+            where = _describe({**point, **({"seed": seed} if seed is not None else {})})
+            try:
+                resolved = resolve_params(task, preset, **{**p, "device": "cpu", **({} if seed is None else {"seed": seed})})
+                configs = [replace(c, device=device) if c.device != device else c for c in run_configs(task, resolved)]
+            except ValueError as err:  # ConfigError, or a task's own ValueError
+                raise ConfigError(f"grid point {where}: {err}" if where else str(err)) from None
+            root = results_root(task, resolved)
+            for cfg in configs:
+                d = root / cfg.run_name()
+                if d not in seen:
+                    seen.add(d)
+                    runs.append(PlannedRun(cfg, d, resolved.get("data_dir")))
+    return runs
+
+
+class RunJob:
+    """The job: run (or resume, or reload) one configuration in its run directory.
+
+    Checkpointable by submitit: on SLURM preemption or time-out it is requeued with the same
+    arguments, and ``loop.run`` resumes from the run directory's checkpoint."""
+
+    def __call__(self, config: Dict[str, Any], run_dir: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
+        """Run ``config`` into ``run_dir``; returns the step it resumed from (None: fresh) and the median ratio."""
+        import torch
+
+        cfg = RunConfig.from_dict(config)
+        ckpt = Path(run_dir) / CHECKPOINT
+        resumed_from = None
+        if ckpt.exists() and not (Path(run_dir) / "summary.json").exists():
+            resumed_from = int(torch.load(ckpt, weights_only=True, map_location="cpu")["step"])
+            print(f"resuming {run_dir} from step {resumed_from}", flush=True)
+        record = run(cfg, run_dir, data_dir=data_dir, progress=False)
+        return dict(run_dir=str(run_dir), resumed_from=resumed_from, median_ratio=record.median_ratio(),
+                    complete=bool(record.summary.get("complete")))
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Requeue with the same arguments (submitit calls this on preemption / time-out)."""
+        from submitit.core.utils import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+def slurm_parameters(partition: Optional[str] = None, time_min: Optional[int] = None, gpus: Optional[int] = None,
+                     options: Optional[Mapping[str, Any]] = None, config_file: Optional[str | os.PathLike] = None,
+                     max_parallel: Optional[int] = None) -> Dict[str, Any]:
+    """Parameters of ``submitit.SlurmExecutor.update_parameters``, from a YAML file and the
+    command line (which wins). Keys submitit knows (``qos``, ``account``, ``mem``,
+    ``cpus_per_task``, ``constraint``, ``setup``, ...) go as they are; any other key becomes an
+    extra ``#SBATCH --key=value`` line (``additional_parameters``)."""
+    from submitit.slurm.slurm import _get_default_parameters
+
+    known = set(_get_default_parameters())
+    merged: Dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"SLURM config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"SLURM config file {path} must hold a mapping of SLURM parameters to values")
+        merged.update(data)
+    merged.update(options or {})
+    # Friendly spellings (as the command line names them) for submitit's.
+    for alias, name in (("gpus", "gpus_per_node"), ("time_min", "time"), ("timeout_min", "time")):
+        if alias in merged:
+            merged[name] = merged.pop(alias)
+    for name, value in (("partition", partition), ("time", time_min), ("gpus_per_node", gpus), ("array_parallelism", max_parallel)):
+        if value is not None:
+            merged[name] = value
+    extra = dict(merged.pop("additional_parameters", None) or {})
+    out: Dict[str, Any] = {}
+    for k, v in merged.items():
+        if k in known:
+            out[k] = v
+        elif k.replace("-", "_") in known:
+            out[k.replace("-", "_")] = v
+        else:
+            extra[k] = v
+    for name in ("time", "gpus_per_node", "array_parallelism", "cpus_per_task", "nodes"):
+        v = out.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1)):
+            raise ConfigError(f"SLURM parameter {name} must be a {'non-negative' if name == 'gpus_per_node' else 'positive'} integer, got {v!r}")
+    out.setdefault("time", 60)
+    if extra:
+        out["additional_parameters"] = extra
+    return out
+
+
+def default_folder(runs: Sequence[PlannedRun]) -> Path:
+    """A new submitit folder for one submission: ``<results root>/submitit/<UTC time>`` (one per
+    attempt, since local job ids are process ids, which the system reuses)."""
+    folder = runs[0].run_dir.parent / SUBMITIT_DIR
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for i in itertools.count():
+        d = folder / (stamp if i == 0 else f"{stamp}-{i}")
+        if not d.exists():
+            return d
+    raise AssertionError("unreachable")
+
+
+def make_executor(kind: str, folder: str | os.PathLike, timeout_min: int = 24 * 60, slurm: Optional[Mapping[str, Any]] = None,
+                  gpus: int = 0):
+    """A submitit executor writing into ``folder``: ``local`` (subprocesses, ``gpus`` visible to
+    each; 0 hides every GPU, as submitit does), ``slurm`` (``slurm_parameters``) or ``debug``."""
+    import submitit
+
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=timeout_min, gpus_per_node=gpus)
+        return ex
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if kind == "slurm":
+        try:
+            ex = submitit.SlurmExecutor(folder=folder)
+        except RuntimeError as err:
+            raise ConfigError(f"the slurm executor needs SLURM here ({err}); run the sweep on the cluster's login node, "
+                              "or add --dry-run to print the sbatch script without submitting") from None
+        ex.update_parameters(**dict(slurm or {}))
+        return ex
+    raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {kind!r}")
+
+
+def slurm_script(folder: str | os.PathLike, slurm: Mapping[str, Any], num_jobs: int, python: Optional[str] = None) -> str:
+    """The sbatch script submitit would submit for a job array of ``num_jobs`` runs, without
+    SLURM: submitit's own ``SlurmExecutor`` parameter check and ``_make_submission_file_text``,
+    on an executor built without its check that ``srun`` exists."""
+    import submitit
+    from submitit.core.core import PicklingExecutor
+
+    ex = submitit.SlurmExecutor.__new__(submitit.SlurmExecutor)
+    PicklingExecutor.__init__(ex, folder)  # SlurmExecutor.__init__ less its "is srun on PATH" check
+    ex.python = shlex.quote(sys.executable) if python is None else python
+    ex.update_parameters(**dict(slurm))
+    if num_jobs > 1:
+        ex.parameters["map_count"] = num_jobs  # as SlurmExecutor does for an array
+    return ex._make_submission_file_text(ex._submitit_command_str, "dry-run")
+
+
+@dataclass
+class Outcome:
+    """What became of one planned run."""
+
+    run: PlannedRun
+    status: str  # "reloaded" (finished before), "done", "failed"
+    job_id: Optional[str] = None
+    logs: Sequence[str] = ()
+    error: Optional[str] = None
+    resumed_from: Optional[int] = None
+
+
+@dataclass
+class SweepResult:
+    """Every run's outcome, and the submitit folder of this attempt."""
+
+    outcomes: List[Outcome]
+    folder: Optional[Path] = None
+
+    @property
+    def failed(self) -> List[Outcome]:
+        """The runs that did not finish."""
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def submitted(self) -> List[Outcome]:
+        """The runs that were computed (or resumed) by a job in this attempt."""
+        return [o for o in self.outcomes if o.status != "reloaded"]
+
+    def records(self) -> List[RunRecord]:
+        """The records of the finished runs, in the plan's order."""
+        return [RunRecord.load(o.run.run_dir) for o in self.outcomes if o.status != "failed"]
+
+    def failure_report(self) -> str:
+        """One paragraph per failed run: its directory, job id, error and logs."""
+        lines = []
+        for o in self.failed:
+            lines.append(f"FAILED {o.run.name} (job {o.job_id}): {o.error}")
+            lines.append(f"  run directory: {o.run.run_dir}")
+            for log in o.logs:
+                lines.append(f"  log: {log}")
+        if self.failed:
+            lines.append(f"{len(self.failed)} of {len(self.outcomes)} runs failed; run the same sweep again to compute only "
+                         "the missing and unfinished runs (unfinished ones resume from their checkpoint).")
+        return "\n".join(lines)
+
+
+def _error_line(exc: BaseException) -> str:
+    """The last line of a job's traceback (submitit's FailedJobError holds it between dashed lines)."""
+    text = str(exc)
+    parts = text.split("-" * 22)
+    trace = parts[1] if len(parts) >= 3 else text
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"{type(exc).__name__}: {text}"
+
+
+class SweepRunner:
+    """Submits the unfinished runs as submitit jobs and follows them until all have ended.
+
+    Local executors get at most ``max_parallel`` jobs at a time (submitit's local executor has
+    no limit of its own); a SLURM executor gets one job array (its ``array_parallelism`` is the
+    limit). ``start`` and ``poll`` let a caller act on the jobs while they run; ``wait`` does both."""
+
+    def __init__(self, runs: Sequence[PlannedRun], executor, max_parallel: Optional[int] = None,
+                 job: Optional[Callable[..., Any]] = None):
+        import submitit
+
+        if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1):
+            raise ConfigError(f"max_parallel must be a positive integer, got {max_parallel!r}")
+        self.runs = list(runs)
+        self.executor = executor
+        self.job = job or RunJob()
+        self.windowed = isinstance(executor, (submitit.LocalExecutor, submitit.DebugExecutor))
+        self.limit = (max_parallel or 1) if isinstance(executor, submitit.DebugExecutor) else (max_parallel or math.inf)
+        self.outcomes: Dict[Path, Outcome] = {}
+        self.pending: List[PlannedRun] = []
+        self.jobs: Dict[Path, Any] = {}  # run_dir -> submitit job, while it runs
+        for r in self.runs:
+            if r.finished:
+                self.outcomes[r.run_dir] = Outcome(r, "reloaded")
+            else:
+                self.pending.append(r)
+        self.started = False
+
+    @property
+    def done_count(self) -> int:
+        """How many runs have ended (reloaded, done or failed)."""
+        return len(self.outcomes)
+
+    def _submit(self, runs: Sequence[PlannedRun]) -> None:
+        if not runs:
+            return
+        args = [(r.config.to_dict(), str(r.run_dir), None if r.data_dir is None else str(r.data_dir)) for r in runs]
+        if self.windowed:
+            jobs = [self.executor.submit(self.job, *a) for a in args]
+        else:
+            jobs = self.executor.map_array(self.job, *zip(*args))
+        for r, j in zip(runs, jobs):
+            self.jobs[r.run_dir] = j
+
+    def start(self) -> None:
+        """Submit the first jobs (all of them for SLURM)."""
+        self.started = True
+        n = len(self.pending) if not self.windowed else int(min(self.limit, len(self.pending)))
+        batch, self.pending = self.pending[:n], self.pending[n:]
+        self._submit(batch)
+
+    def _finish(self, run: PlannedRun, job) -> Outcome:
+        import submitit
+
+        logs = [str(job.paths.stderr), str(job.paths.stdout)]
+        debug = isinstance(job, submitit.DebugJob)
+        try:
+            if not debug and isinstance(job, submitit.LocalJob) and not job.paths.result_pickle.exists():
+                # A local job that left no result was killed or cancelled; waiting for one is useless.
+                err: Optional[str] = f"the job ended without a result (state {job.state}): killed, cancelled or timed out"
+            else:
+                exc = job.exception()
+                err = None if exc is None else _error_line(exc)
+        except Exception as e:  # the debug executor raises the run's own error
+            err = f"{type(e).__name__}: {e}"
+        resumed = None
+        if err is None:
+            try:
+                resumed = job.result().get("resumed_from")
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}"
+        if err is None and not run.finished:
+            err = f"the job ended but {run.run_dir} holds no summary.json and record.csv"
+        return Outcome(run, "failed" if err else "done", str(job.job_id), () if debug else logs, err, resumed)
+
+    def poll(self) -> List[Outcome]:
+        """Collect the jobs that have ended and submit more; returns the newly ended runs."""
+        if not self.started:
+            self.start()
+        ended = []
+        for run_dir, job in list(self.jobs.items()):
+            try:
+                finished = job.done()
+            except Exception:  # the debug executor runs the job inside done() and raises its error
+                finished = True
+            if finished:
+                del self.jobs[run_dir]
+                run_ = next(r for r in self.runs if r.run_dir == run_dir)
+                out = self._finish(run_, job)
+                self.outcomes[run_dir] = out
+                ended.append(out)
+        if self.windowed and self.pending:
+            room = int(min(self.limit - len(self.jobs), len(self.pending)))
+            batch, self.pending = self.pending[:room], self.pending[room:]
+            self._submit(batch)
+        return ended
+
+    @property
+    def active(self) -> bool:
+        """Whether jobs are still running or waiting to be submitted."""
+        return bool(self.jobs or self.pending or not self.started)
+
+    def wait(self, progress: bool = True, poll_s: float = 1.0, desc: str = "sweep") -> SweepResult:
+        """Poll until every job has ended: a progress bar of the runs done, one line per ended run."""
+        bar = tqdm(total=len(self.runs), initial=self.done_count, desc=desc, unit="run", disable=not progress)
+        failed = 0
+        try:
+            while True:
+                for o in self.poll():
+                    bar.update(1)
+                    failed += o.status == "failed"
+                    bar.set_postfix(failed=failed, refresh=False)
+                    if progress:
+                        tail = "" if o.status == "done" else f" FAILED: {o.error}"
+                        bar.write(f"[{self.done_count}/{len(self.runs)}] {o.run.name}" + (" (resumed)" if o.resumed_from else "") + tail)
+                if not self.active:
+                    break
+                time.sleep(poll_s)
+        finally:
+            bar.close()
+        return SweepResult([self.outcomes[r.run_dir] for r in self.runs], Path(self.executor.folder))
+
+
+def execute(runs: Sequence[PlannedRun], executor: str = "local", max_parallel: Optional[int] = None,
+            folder: Optional[str | os.PathLike] = None, timeout_min: int = 24 * 60, slurm: Optional[Mapping[str, Any]] = None,
+            gpus: int = 0, progress: bool = True, poll_s: float = 1.0, job: Optional[Callable[..., Any]] = None) -> SweepResult:
+    """Run the unfinished ones of ``runs`` through a submitit executor; finished ones are reloaded.
+
+    ``folder``: where submitit's files go (default: ``<results root>/submitit/<UTC time>``)."""
+    todo = [r for r in runs if not r.finished]
+    if not todo:  # nothing to submit: no executor, no folder
+        return SweepResult([Outcome(r, "reloaded") for r in runs], None)
+    folder = folder if folder is not None else default_folder(runs)
+    if executor == "local" and max_parallel is None:
+        max_parallel = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if executor == "slurm":
+        slurm = dict(slurm or {})
+        if max_parallel is not None:
+            slurm["array_parallelism"] = max_parallel
+    ex = make_executor(executor, folder, timeout_min=timeout_min, slurm=slurm, gpus=gpus)
+    runner = SweepRunner(runs, ex, max_parallel=max_parallel if executor != "slurm" else None, job=job)
+    return runner.wait(progress=progress, poll_s=poll_s, desc=f"sweep {runs[0].config.task}")
+
+
+def sweep(task: str, preset: Optional[str] = None, grid: Optional[Mapping[str, Sequence[Any]]] = None,
+          seeds: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None, *, executor: str = "local",
+          max_parallel: Optional[int] = None, results_dir: Optional[str | os.PathLike] = None, device: str = "auto",
+          slurm: Optional[Mapping[str, Any]] = None, timeout_min: int = 24 * 60, folder: Optional[str | os.PathLike] = None,
+          progress: bool = True, poll_s: float = 1.0) -> List[RunRecord]:
+    """Plan (validating every configuration), run the missing runs through submitit, and return
+    every run's record in the plan's order; raises ``SweepError`` naming the failed runs.
+
+    ``grid`` maps notebook parameters (``eta``, ``rho``, ``steps``, ``width``, ...) to lists of
+    values; ``slurm`` is ``slurm_parameters(...)``; ``max_parallel`` bounds the jobs running at once."""
+    gpus = int((slurm or {}).get("gpus_per_node") or 0)
+    dev = job_device((params or {}).get("device", device) if device == "auto" else device, executor, gpus)
+    runs = plan(task, preset, grid, seeds, params, results_dir, dev)
+    gpus_seen = local_gpus(dev) if executor == "local" else 0
+    result = execute(runs, executor, max_parallel, folder, timeout_min, slurm, gpus_seen, progress, poll_s)
+    if result.failed:
+        raise SweepError(result.failure_report(), result)
+    return result.records()
+
+
+def local_gpus(device: str) -> int:
+    """GPUs a local job must see: submitit's local executor hides all of them unless asked."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
