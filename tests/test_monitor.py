@@ -341,3 +341,22 @@ def test_warm_start_from_the_previous_eigenvector(monkeypatch):
     assert torch.equal(w0_train, v_train) and torch.equal(w0_eval, v_eval)
     assert not torch.equal(v_train, v_eval)  # two different operators, two warm starts
     assert second["op_norm"] == pytest.approx(first["op_norm"], rel=1e-3)
+
+
+def test_save_without_an_edge_round_trips(tmp_path):
+    """A run whose optimizer has no edge formula (Adam) saves and reloads with empty edge and ratio."""
+    from samedge.record import RunRecord
+
+    model, (x, y) = tiny(), data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with pytest.warns(UserWarning, match="Adam"):
+        mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=2)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.MSELoss()(model(x), y).backward()
+        opt.step()
+        mon.step()
+    mon.save(tmp_path / "adam")
+    df = RunRecord.load(tmp_path / "adam").frame
+    assert df["step"].tolist() == [2, 4] and df["edge"].isna().all() and df["ratio"].isna().all()
+    assert df["op_norm"].tolist() == pytest.approx([r["op_norm"] for r in mon.rows])
