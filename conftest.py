@@ -3,6 +3,7 @@
 Notebooks run at the smoke preset and write their results into a throwaway directory;
 kernels started by nbval inherit this environment.
 """
+
 import os
 import tempfile
 

@@ -8,6 +8,7 @@ hundred SAM steps of the cpu preset; (3) SAM step / GD step; (4) measurement ove
 cpu-preset run; (5) scaling with model and dataset size. Timings are medians after warm-up
 (torch.utils.benchmark); no pass/fail: ratios are printed next to their targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,11 @@ from samedge.presets import load_preset
 def median_time(fn, min_run_time: float = 1.0) -> float:
     """Median seconds per call of ``fn`` after warm-up."""
     fn()
-    return Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
+    return (
+        Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        .blocked_autorange(min_run_time=min_run_time)
+        .median
+    )
 
 
 def paired_times(fns: dict, min_run_time: float, rounds: int = 5) -> dict:
@@ -47,7 +52,7 @@ def paired_times(fns: dict, min_run_time: float, rounds: int = 5) -> dict:
         f()
     per = {k: [] for k in names}
     for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             per[k].append(median_time(fns[k], min_run_time / rounds))
     out = {k: statistics.median(v) for k, v in per.items()}
     first = names[0]
@@ -71,15 +76,21 @@ def hvp_costs(loss_fn, params, min_run_time: float) -> dict:
     v = torch.randn(n)
     op = HessianOperator(loss_fn, params, "double_backward")
     fo = HessianOperator(loss_fn, params, "forward_over_reverse")
-    out = paired_times({
-        "gradient": lambda: g(params),
-        "double_backward (retained graph)": lambda: op(v),
-        "double_backward (graph per call)": lambda: HessianOperator(loss_fn, params, "double_backward")(v),
-        "forward_over_reverse": lambda: fo(v),
-    }, 4 * min_run_time)
-    out["graph build (once per measurement)"] = out["double_backward (graph per call)"] - out["double_backward (retained graph)"]
+    out = paired_times(
+        {
+            "gradient": lambda: g(params),
+            "double_backward (retained graph)": lambda: op(v),
+            "double_backward (graph per call)": lambda: HessianOperator(loss_fn, params, "double_backward")(v),
+            "forward_over_reverse": lambda: fo(v),
+        },
+        4 * min_run_time,
+    )
+    out["graph build (once per measurement)"] = (
+        out["double_backward (graph per call)"] - out["double_backward (retained graph)"]
+    )
     out[("graph build (once per measurement)", "ratio")] = (
-        out[("double_backward (graph per call)", "ratio")] - out[("double_backward (retained graph)", "ratio")])
+        out[("double_backward (graph per call)", "ratio")] - out[("double_backward (retained graph)", "ratio")]
+    )
     return out
 
 
@@ -96,7 +107,9 @@ def first_below(history, ref, tol=1e-3):
     return None
 
 
-def estimator_study(cfg_opts: dict, eta: float, rho: float, steps: int, starts: int, costs: dict, max_iter: int) -> list:
+def estimator_study(
+    cfg_opts: dict, eta: float, rho: float, steps: int, starts: int, costs: dict, max_iter: int
+) -> list:
     """Accuracy/cost of sharpness estimators at w_steps, warm start from w_{steps-10}."""
     torch.manual_seed(0)
     model, params, _ = problem(cfg_opts["n_train"], cfg_opts["width"], cfg_opts["depth"])
@@ -113,17 +126,36 @@ def estimator_study(cfg_opts: dict, eta: float, rho: float, steps: int, starts: 
     lam = abs(float(ref.eigenvalues[0]))
     hvp_ge = costs[("double_backward (retained graph)", "ratio")]  # gradient-equivalents per HVP
     build_ge = costs[("graph build (once per measurement)", "ratio")]
-    rows = {k: [] for k in ["cold Lanczos", "warm Lanczos (10 steps earlier)", "power iteration (exact HVP)", "authors: power iteration (finite differences)"]}
+    rows = {
+        k: []
+        for k in [
+            "cold Lanczos",
+            "warm Lanczos (10 steps earlier)",
+            "power iteration (exact HVP)",
+            "authors: power iteration (finite differences)",
+        ]
+    }
     for s in range(starts):
-        earlier = lanczos(HessianOperator(loss_of, snap), n, which="LM", tol=1e-3, max_iter=100, dtype=torch.float32, seed=100 + s)
+        earlier = lanczos(
+            HessianOperator(loss_of, snap), n, which="LM", tol=1e-3, max_iter=100, dtype=torch.float32, seed=100 + s
+        )
         for name in rows:
             if name == "authors: power iteration (finite differences)":
                 op = FiniteDifferenceHessianOperator(loss_of, params, eps=1e-3)
                 per, fixed, loop_fixed = 2.0, 0.0, 0.0
                 t0 = time.perf_counter()
-                long = power_iteration(op, n, tol=1e-14, max_iter=max_iter, dtype=torch.float32, seed=s, callback=reached(lam))
+                long = power_iteration(
+                    op, n, tol=1e-14, max_iter=max_iter, dtype=torch.float32, seed=s, callback=reached(lam)
+                )
                 t_long = time.perf_counter() - t0
-                own = power_iteration(FiniteDifferenceHessianOperator(loss_of, params, eps=1e-3), n, tol=1e-3, max_iter=100, dtype=torch.float32, seed=s)
+                own = power_iteration(
+                    FiniteDifferenceHessianOperator(loss_of, params, eps=1e-3),
+                    n,
+                    tol=1e-3,
+                    max_iter=100,
+                    dtype=torch.float32,
+                    seed=s,
+                )
             else:
                 op = HessianOperator(loss_of, params)
                 # In the training loop the graph build also yields the step's gradient g_t.
@@ -131,38 +163,93 @@ def estimator_study(cfg_opts: dict, eta: float, rho: float, steps: int, starts: 
                 v0 = earlier.eigenvectors[0] if name.startswith("warm") else None
                 t0 = time.perf_counter()
                 if name.startswith("power"):
-                    long = power_iteration(op, n, tol=1e-14, max_iter=max_iter, dtype=torch.float32, seed=s, callback=reached(lam))
+                    long = power_iteration(
+                        op, n, tol=1e-14, max_iter=max_iter, dtype=torch.float32, seed=s, callback=reached(lam)
+                    )
                     t_long = time.perf_counter() - t0
-                    own = power_iteration(HessianOperator(loss_of, params), n, tol=1e-3, max_iter=100, dtype=torch.float32, seed=s)
+                    own = power_iteration(
+                        HessianOperator(loss_of, params), n, tol=1e-3, max_iter=100, dtype=torch.float32, seed=s
+                    )
                 else:
-                    long = lanczos(op, n, which="LM", tol=1e-14, max_iter=max_iter, v0=v0, dtype=torch.float32, seed=s, callback=reached(lam))
+                    long = lanczos(
+                        op,
+                        n,
+                        which="LM",
+                        tol=1e-14,
+                        max_iter=max_iter,
+                        v0=v0,
+                        dtype=torch.float32,
+                        seed=s,
+                        callback=reached(lam),
+                    )
                     t_long = time.perf_counter() - t0
-                    own = lanczos(HessianOperator(loss_of, params), n, which="LM", tol=1e-3, max_iter=100, v0=v0, dtype=torch.float32, seed=s)
+                    own = lanczos(
+                        HessianOperator(loss_of, params),
+                        n,
+                        which="LM",
+                        tol=1e-3,
+                        max_iter=100,
+                        v0=v0,
+                        dtype=torch.float32,
+                        seed=s,
+                    )
             k = first_below(long.history, lam)
             floor = min(abs(abs(h) - lam) / lam for h in long.history)
-            rows[name].append(dict(
-                hvps_to_1e3=k, ge_to_1e3=None if k is None else fixed + per * k,
-                loop_ge_to_1e3=None if k is None else loop_fixed + per * k,
-                sec_to_1e3=None if k is None else t_long * k / len(long.history),
-                own_hvps=own.num_hvps, own_ge=fixed + per * own.num_hvps,
-                own_err=abs(abs(float(own.eigenvalues[0])) - lam) / lam, floor=floor,
-            ))
+            rows[name].append(
+                dict(
+                    hvps_to_1e3=k,
+                    ge_to_1e3=None if k is None else fixed + per * k,
+                    loop_ge_to_1e3=None if k is None else loop_fixed + per * k,
+                    sec_to_1e3=None if k is None else t_long * k / len(long.history),
+                    own_hvps=own.num_hvps,
+                    own_ge=fixed + per * own.num_hvps,
+                    own_err=abs(abs(float(own.eigenvalues[0])) - lam) / lam,
+                    floor=floor,
+                )
+            )
     out = []
     for name, rs in rows.items():
-        med = lambda key: (statistics.median([r[key] for r in rs if r[key] is not None]) if any(r[key] is not None for r in rs) else float("nan"))
-        out.append(dict(estimator=name, hvps=med("hvps_to_1e3"), ge=med("ge_to_1e3"), loop_ge=med("loop_ge_to_1e3"), sec=med("sec_to_1e3"),
-                        reached=sum(r["hvps_to_1e3"] is not None for r in rs), starts=len(rs),
-                        own_hvps=med("own_hvps"), own_ge=med("own_ge"), own_err=med("own_err"), floor=med("floor")))
+        med = lambda key, rs=rs: (
+            statistics.median([r[key] for r in rs if r[key] is not None])
+            if any(r[key] is not None for r in rs)
+            else float("nan")
+        )
+        out.append(
+            dict(
+                estimator=name,
+                hvps=med("hvps_to_1e3"),
+                ge=med("ge_to_1e3"),
+                loop_ge=med("loop_ge_to_1e3"),
+                sec=med("sec_to_1e3"),
+                reached=sum(r["hvps_to_1e3"] is not None for r in rs),
+                starts=len(rs),
+                own_hvps=med("own_hvps"),
+                own_ge=med("own_ge"),
+                own_err=med("own_err"),
+                floor=med("floor"),
+            )
+        )
     return out, lam
 
 
 def overhead_run(cpu: dict, rho: float, steps: int, every: int) -> dict:
     """One cpu-preset-sized MNIST run: the loop's training and measuring seconds, HVPs per measurement."""
-    cfg = RunConfig(task="mnist", eta=cpu["eta"], rho=rho, steps=steps, measure_every=every, seed=0,
-                    options=dict(n_train=cpu["n_train"], n_test=1, width=cpu["width"], depth=cpu["depth"]))
+    cfg = RunConfig(
+        task="mnist",
+        eta=cpu["eta"],
+        rho=rho,
+        steps=steps,
+        measure_every=every,
+        seed=0,
+        options=dict(n_train=cpu["n_train"], n_test=1, width=cpu["width"], depth=cpu["depth"]),
+    )
     rec = run(cfg, progress=False)
-    return dict(train=rec.summary["train_seconds"], measure=rec.summary["measure_seconds"],
-                n=len(rec.rows), hvps=float(rec.frame["hvps"].mean()))
+    return dict(
+        train=rec.summary["train_seconds"],
+        measure=rec.summary["measure_seconds"],
+        n=len(rec.rows),
+        hvps=float(rec.frame["hvps"].mean()),
+    )
 
 
 REPLAY_ITERS = 30
@@ -176,7 +263,9 @@ STOPPING_RULES = {
     "residual <= 1e-3 theta (ours)": lambda j, th, r, prev: float(r[0]) <= 1e-3 * abs(float(th[0])),
     "residual <= 1e-2 theta": lambda j, th, r, prev: float(r[0]) <= 1e-2 * abs(float(th[0])),
     "r^2 / gap <= 1e-3 theta, >= 3 steps": lambda j, th, r, prev: _second_order(th, r, 1e-3),
-    "Ritz value changed <= 1e-4, >= 3 steps": lambda j, th, r, prev: j >= 3 and abs(float(th[0]) - prev) <= 1e-4 * abs(float(th[0])),
+    "Ritz value changed <= 1e-4, >= 3 steps": lambda j, th, r, prev: (
+        j >= 3 and abs(float(th[0]) - prev) <= 1e-4 * abs(float(th[0]))
+    ),
     "fixed 4 HVPs": lambda j, th, r, prev: j >= 4,
     "fixed 8 HVPs": lambda j, th, r, prev: j >= 8,
 }
@@ -212,8 +301,9 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
                 ref = lanczos(op, op.size, k=2, which="LA", tol=1e-6, max_iter=300, dtype=torch.float32, seed=t)
                 lam = float(ref.eigenvalues[0])
                 if v_run is not None:
-                    long = lanczos(op, op.size, which="LM", tol=1e-12,
-                                   max_iter=REPLAY_ITERS, v0=v_run, dtype=torch.float32)
+                    long = lanczos(
+                        op, op.size, which="LM", tol=1e-12, max_iter=REPLAY_ITERS, v0=v_run, dtype=torch.float32
+                    )
                     oracle.append(first_below(long.history, lam) or REPLAY_ITERS + 1)
                     overlap.append(abs(float(torch.dot(u_ref, ref.eigenvectors[0]))))
                     gap.append((lam - float(ref.eigenvalues[1])) / lam)
@@ -233,20 +323,41 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
         step_s = tr_s / steps
         extra = costs["graph build (once per measurement)"] - costs["gradient"]  # the SAM step reuses its gradient
         per_meas = statistics.mean(oracle) * costs["double_backward (retained graph)"] + max(extra, 0.0)
-        out.append(dict(
-            name=name, n=len(rule), rule_hvps=statistics.mean(rule),
-            err_med=statistics.median(errs), err_max=max(errs), oracle_mean=statistics.mean(oracle),
-            oracle_med=statistics.median(oracle), oracle_max=max(oracle), overlap_med=statistics.median(overlap),
-            overlap_min=min(overlap), gap_med=statistics.median(gap), bound=per_meas / (per_meas + every * step_s),
-        ))
-        replays[name] = {k: dict(hvps=statistics.mean(js), err_med=statistics.median(es), err_max=max(es),
-                                 over=sum(e > 1e-3 for e in es), n=len(es)) for k, (js, es) in replayed.items()}
+        out.append(
+            dict(
+                name=name,
+                n=len(rule),
+                rule_hvps=statistics.mean(rule),
+                err_med=statistics.median(errs),
+                err_max=max(errs),
+                oracle_mean=statistics.mean(oracle),
+                oracle_med=statistics.median(oracle),
+                oracle_max=max(oracle),
+                overlap_med=statistics.median(overlap),
+                overlap_min=min(overlap),
+                gap_med=statistics.median(gap),
+                bound=per_meas / (per_meas + every * step_s),
+            )
+        )
+        replays[name] = {
+            k: dict(
+                hvps=statistics.mean(js),
+                err_med=statistics.median(es),
+                err_max=max(es),
+                over=sum(e > 1e-3 for e in es),
+                n=len(es),
+            )
+            for k, (js, es) in replayed.items()
+        }
     return out, replays
+
 
 def main() -> None:
     """Run every benchmark and print (and optionally save) the report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shorter timings and fewer starts (a smoke check, not a result)")
+    ap.add_argument(
+        "--quick", action="store_true", help="shorter timings and fewer starts (a smoke check, not a result)"
+    )
     ap.add_argument("--out", type=Path, help="also write the report to this markdown file")
     args = ap.parse_args()
     mrt = 0.3 if args.quick else 1.5
@@ -258,8 +369,10 @@ def main() -> None:
     say()
     say("<!-- report -->")
     say()
-    say(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), device cpu, samedge {samedge.__version__}, python {platform.python_version()}.")
+    say(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), device cpu, samedge {samedge.__version__}, python {platform.python_version()}."
+    )
     say(f"Command: `{' '.join(['python'] + sys.argv)}` ({time.strftime('%Y-%m-%d')}).")
     say()
 
@@ -275,47 +388,78 @@ def main() -> None:
         costs_cpu = costs_cpu or c
         npar = sum(p.numel() for p in params.values())
         for m in ["double_backward (retained graph)", "double_backward (graph per call)", "forward_over_reverse"]:
-            say(f"| {label} {width}x{depth} | {npar:,} | {n_train} | {c['gradient']*1e3:.1f} | {m} | {c[m]*1e3:.1f} | {c[(m, 'ratio')]:.2f} |")
+            say(
+                f"| {label} {width}x{depth} | {npar:,} | {n_train} | {c['gradient'] * 1e3:.1f} | {m} | {c[m] * 1e3:.1f} | {c[(m, 'ratio')]:.2f} |"
+            )
     say()
-    say("Target: exact HVP <= 3.0x a gradient (Lanczos uses the retained-graph HVP; the graph build, "
+    say(
+        "Target: exact HVP <= 3.0x a gradient (Lanczos uses the retained-graph HVP; the graph build, "
         f"{costs_cpu[('graph build (once per measurement)', 'ratio')]:.2f} gradients, "
-        "is paid once per measurement; ratios are medians over interleaved rounds).")
+        "is paid once per measurement; ratios are medians over interleaved rounds)."
+    )
     say()
 
     say("## 2. Sharpness estimators: cost to reach 1e-3 relative error, and their own stopping rules")
     say()
     steps = 100 if args.quick else 300
-    study, lam = estimator_study(dict(n_train=cpu["n_train"], width=cpu["width"], depth=cpu["depth"]), cpu["eta"], 0.05, steps, starts, costs_cpu, 100 if args.quick else 500)
-    say(f"At w_{steps} of SAM (rho=0.05, cpu preset sizes); reference ||H||_op = {lam:.6g} (Lanczos, residual 1e-9). "
+    study, lam = estimator_study(
+        dict(n_train=cpu["n_train"], width=cpu["width"], depth=cpu["depth"]),
+        cpu["eta"],
+        0.05,
+        steps,
+        starts,
+        costs_cpu,
+        100 if args.quick else 500,
+    )
+    say(
+        f"At w_{steps} of SAM (rho=0.05, cpu preset sizes); reference ||H||_op = {lam:.6g} (Lanczos, residual 1e-9). "
         f"Medians over {starts} random starts; gradient-equivalents count an exact HVP as "
-        f"{costs_cpu[('double_backward (retained graph)', 'ratio')]:.2f} gradients plus the graph build, a finite-difference HVP as 2.")
+        f"{costs_cpu[('double_backward (retained graph)', 'ratio')]:.2f} gradients plus the graph build, a finite-difference HVP as 2."
+    )
     say()
-    say("| estimator | HVPs to 1e-3 | grad-equiv. to 1e-3 | same, in the training loop | seconds to 1e-3 | reached | best error | own rule: HVPs | own rule: grad-equiv. | own rule: rel. error |")
+    say(
+        "| estimator | HVPs to 1e-3 | grad-equiv. to 1e-3 | same, in the training loop | seconds to 1e-3 | reached | best error | own rule: HVPs | own rule: grad-equiv. | own rule: rel. error |"
+    )
     say("|---|---|---|---|---|---|---|---|---|---|")
     for r in study:
-        say(f"| {r['estimator']} | {r['hvps']:.0f} | {r['ge']:.1f} | {r['loop_ge']:.1f} | {r['sec']:.3f} | {r['reached']}/{r['starts']} | {r['floor']:.1e} | {r['own_hvps']:.0f} | {r['own_ge']:.1f} | {r['own_err']:.2e} |")
+        say(
+            f"| {r['estimator']} | {r['hvps']:.0f} | {r['ge']:.1f} | {r['loop_ge']:.1f} | {r['sec']:.3f} | {r['reached']}/{r['starts']} | {r['floor']:.1e} | {r['own_hvps']:.0f} | {r['own_ge']:.1f} | {r['own_err']:.2e} |"
+        )
     warm = next(r for r in study if r["estimator"].startswith("warm"))
     authors = next(r for r in study if r["estimator"].startswith("authors"))
     say()
     if authors["reached"]:
-        verdict = (f"ratio = {warm['ge']/authors['ge']:.3f} standalone, {warm['loop_ge']/authors['loop_ge']:.3f} in the training loop, "
-                   "where the graph build also yields the SAM step's gradient (over the starts where the authors' method got there)")
+        verdict = (
+            f"ratio = {warm['ge'] / authors['ge']:.3f} standalone, {warm['loop_ge'] / authors['loop_ge']:.3f} in the training loop, "
+            "where the graph build also yields the SAM step's gradient (over the starts where the authors' method got there)"
+        )
     else:
-        verdict = (f"the authors' method never reached 1e-3 within {100 if args.quick else 500} iterations "
-                   f"(best error {authors['floor']:.1e}: the float32 finite-difference HVP has an error floor), "
-                   f"while warm Lanczos needs {warm['ge']:.1f} gradient-equivalents")
-    say(f"Target: warm Lanczos <= 1/5 of the authors' gradient-equivalents to 1e-3: {verdict}. "
+        verdict = (
+            f"the authors' method never reached 1e-3 within {100 if args.quick else 500} iterations "
+            f"(best error {authors['floor']:.1e}: the float32 finite-difference HVP has an error floor), "
+            f"while warm Lanczos needs {warm['ge']:.1f} gradient-equivalents"
+        )
+    say(
+        f"Target: warm Lanczos <= 1/5 of the authors' gradient-equivalents to 1e-3: {verdict}. "
         "Own rules: Lanczos stops at relative Ritz residual 1e-3; the authors' at relative change 1e-3 or 100 iterations. "
-        "'best error' is the smallest relative error seen before the run stopped (on first reaching 1e-3, else after 500 iterations).")
+        "'best error' is the smallest relative error seen before the run stopped (on first reaching 1e-3, else after 500 iterations)."
+    )
     say()
 
     say("## 3. SAM step vs GD step")
     say()
     _, params, loss_fn = problem(cpu["n_train"], cpu["width"], cpu["depth"])
-    t = paired_times({"gd": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.0),
-                      "sam": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.05)}, 2 * mrt)
-    say(f"SAM step {t['sam']*1e3:.1f} ms, GD step {t['gd']*1e3:.1f} ms: ratio {t[('sam', 'ratio')]:.2f} "
-        "(target <= 2.1; the median over interleaved rounds of the per-round ratio).")
+    t = paired_times(
+        {
+            "gd": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.0),
+            "sam": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.05),
+        },
+        2 * mrt,
+    )
+    say(
+        f"SAM step {t['sam'] * 1e3:.1f} ms, GD step {t['gd'] * 1e3:.1f} ms: ratio {t[('sam', 'ratio')]:.2f} "
+        "(target <= 2.1; the median over interleaved rounds of the per-round ratio)."
+    )
     say()
 
     say("## 4. Measurement overhead of a cpu-preset run")
@@ -324,21 +468,27 @@ def main() -> None:
     cadence = cpu["measure_every"]
     cadences = [cadence] if args.quick else [cadence, 2 * cadence, 4 * cadence]
     t_grad = costs_cpu["gradient"]
-    say(f"MNIST, cpu preset sizes, {run_steps} steps. 'Loop accounting' is the loop's own split of its time: the "
+    say(
+        f"MNIST, cpu preset sizes, {run_steps} steps. 'Loop accounting' is the loop's own split of its time: the "
         "gradient graph built at a measured step counts as measurement, although the SAM step then reuses the "
         f"gradient it holds instead of computing one; 'credited' moves one gradient ({t_grad * 1e3:.1f} ms, section 1) "
-        "per measurement back to training.")
+        "per measurement back to training."
+    )
     say()
-    say("| run | measure every | measurements | HVPs per measurement | ms per measurement | training s | measuring s | overhead (loop accounting) | overhead (credited) |")
+    say(
+        "| run | measure every | measurements | HVPs per measurement | ms per measurement | training s | measuring s | overhead (loop accounting) | overhead (credited) |"
+    )
     say("|---|---|---|---|---|---|---|---|---|")
     for rho in (0.0, 0.05):
-        for every in (cadences if rho else [cadence]):
+        for every in cadences if rho else [cadence]:
             r = overhead_run(cpu, rho, run_steps, every)
             loop_s = r["train"] + r["measure"]
             credited = (r["measure"] - r["n"] * t_grad) / loop_s
             name = "GD" if rho == 0 else f"SAM rho={rho:g}"
-            say(f"| {name} | {every} | {r['n']} | {r['hvps']:.1f} | {1e3 * r['measure'] / r['n']:.0f} | {r['train']:.1f} | "
-                f"{r['measure']:.1f} | {r['measure'] / loop_s:.1%} | {credited:.1%} |")
+            say(
+                f"| {name} | {every} | {r['n']} | {r['hvps']:.1f} | {1e3 * r['measure'] / r['n']:.0f} | {r['train']:.1f} | "
+                f"{r['measure']:.1f} | {r['measure'] / loop_s:.1%} | {credited:.1%} |"
+            )
     say()
     say(f"Target: overhead <= 25% at the cpu preset's cadence (a measurement every {cadence} steps).")
     say()
@@ -346,29 +496,39 @@ def main() -> None:
     say("## 4b. Why: how many HVPs a measurement needs along the run")
     say()
     traj, replays = trajectory_study(cpu, 100 if args.quick else run_steps, cadence, costs_cpu)
-    say(f"Along the same runs ({'100' if args.quick else run_steps} steps, every {cadence}), at each measurement after "
+    say(
+        f"Along the same runs ({'100' if args.quick else run_steps} steps, every {cadence}), at each measurement after "
         "the first: the HVPs warm-started Lanczos uses under its stopping rule, and the HVPs after which its estimate "
         "first lies within 1e-3 of a tight reference (cold Lanczos, residual 1e-6): what a perfect stopping rule "
         "would need. The overlap is |<u_t, u_{t-10}>| of successive reference top eigenvectors; the gap is "
         "(lambda_1 - lambda_2) / lambda_1. The bound is the overhead if every measurement cost only the "
-        "perfect rule's HVPs (plus the graph build beyond a gradient), against the training steps timed in the same runs.")
+        "perfect rule's HVPs (plus the graph build beyond a gradient), against the training steps timed in the same runs."
+    )
     say()
-    say("| run | measurements | rule: HVPs (mean) | rule: rel. error median / max | perfect rule: HVPs mean / median / max | overlap median / min | gap median | overhead bound |")
+    say(
+        "| run | measurements | rule: HVPs (mean) | rule: rel. error median / max | perfect rule: HVPs mean / median / max | overlap median / min | gap median | overhead bound |"
+    )
     say("|---|---|---|---|---|---|---|---|")
     for t in traj:
-        say(f"| {t['name']} | {t['n']} | {t['rule_hvps']:.1f} | {t['err_med']:.1e} / {t['err_max']:.1e} | "
+        say(
+            f"| {t['name']} | {t['n']} | {t['rule_hvps']:.1f} | {t['err_med']:.1e} / {t['err_max']:.1e} | "
             f"{t['oracle_mean']:.1f} / {t['oracle_med']:.0f} / {t['oracle_max']} | {t['overlap_med']:.3f} / {t['overlap_min']:.3f} | "
-            f"{t['gap_med']:.2%} | {t['bound']:.0%} |")
+            f"{t['gap_med']:.2%} | {t['bound']:.0%} |"
+        )
     say()
-    say(f"Stopping rules replayed on the same measurements: each warm-started Lanczos run is continued to {REPLAY_ITERS} "
+    say(
+        f"Stopping rules replayed on the same measurements: each warm-started Lanczos run is continued to {REPLAY_ITERS} "
         "HVPs and its tridiagonal kept, and each rule is applied to it offline (the first rule is the one the runs "
-        "use; it replays to the HVP counts above). Errors are relative to the tight reference.")
+        "use; it replays to the HVP counts above). Errors are relative to the tight reference."
+    )
     say()
     say("| run | stopping rule | HVPs (mean) | rel. error median | rel. error max | measurements with error > 1e-3 |")
     say("|---|---|---|---|---|---|")
     for run_name, rules in replays.items():
         for k, v in rules.items():
-            say(f"| {run_name} | {k} | {v['hvps']:.1f} | {v['err_med']:.1e} | {v['err_max']:.1e} | {v['over']} of {v['n']} |")
+            say(
+                f"| {run_name} | {k} | {v['hvps']:.1f} | {v['err_med']:.1e} | {v['err_max']:.1e} | {v['over']} of {v['n']} |"
+            )
     say()
 
     say("## 5. Scaling")
@@ -378,10 +538,10 @@ def main() -> None:
     grid = [(w, cpu["n_train"]) for w in (128, 256, 512)] + [(cpu["width"], n) for n in (500, 2000)]
     for width, n_train in grid:
         _, params, loss_fn = problem(n_train, width, cpu["depth"])
-        t_step = median_time(lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.05), mrt / 2)
-        t_meas = median_time(lambda: samedge.sharpness(HessianOperator(loss_fn, params), tol=1e-3), mrt)
+        t_step = median_time(lambda f=loss_fn, p=params: samedge.sam_step(f, p, cpu["eta"], 0.05), mrt / 2)
+        t_meas = median_time(lambda f=loss_fn, p=params: samedge.sharpness(HessianOperator(f, p), tol=1e-3), mrt)
         npar = sum(p.numel() for p in params.values())
-        say(f"| {width}x{cpu['depth']} | {n_train} | {npar:,} | {t_step*1e3:.1f} | {t_meas*1e3:.0f} |")
+        say(f"| {width}x{cpu['depth']} | {n_train} | {npar:,} | {t_step * 1e3:.1f} | {t_meas * 1e3:.0f} |")
     say()
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -8,6 +8,7 @@ warm-started guarded Lanczos at the preset's tolerance), after one warm-up step.
 batch of 60000 takes minutes per step on 2 cores, so ``--mnist-fraction`` times a fraction of it
 and scales linearly (cost is linear in the batch); the report says so. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,14 +59,25 @@ def time_task(task: str, device: str, mnist_fraction: float) -> dict:
     t_cold = time.perf_counter() - t0
     w2 = sam_step(loss_fn, st.params, cfg.eta, cfg.rho).params
     t0 = time.perf_counter()
-    warm = sharpness(HessianOperator(loss_fn, w2), v0=cold.eigenvector, tol=cfg.lanczos_tol,
-                     max_iter=cfg.lanczos_max_iter, seed=2)
+    warm = sharpness(
+        HessianOperator(loss_fn, w2), v0=cold.eigenvector, tol=cfg.lanczos_tol, max_iter=cfg.lanczos_max_iter, seed=2
+    )
     sync()
     t_warm = time.perf_counter() - t0
     n = sum(p.numel() for p in w.values())
-    return dict(task=task, params=n, batch=len(x), scale=scale, step=t_step * scale, cold=t_cold * scale,
-                cold_hvps=cold.num_hvps, warm=t_warm * scale, warm_hvps=warm.num_hvps, steps=cfg.steps,
-                every=cfg.measure_every)
+    return dict(
+        task=task,
+        params=n,
+        batch=len(x),
+        scale=scale,
+        step=t_step * scale,
+        cold=t_cold * scale,
+        cold_hvps=cold.num_hvps,
+        warm=t_warm * scale,
+        warm_hvps=warm.num_hvps,
+        steps=cfg.steps,
+        every=cfg.measure_every,
+    )
 
 
 def main() -> None:
@@ -75,14 +87,21 @@ def main() -> None:
     ap.add_argument("--mnist-fraction", type=float, default=0.1, help="time MNIST on this fraction of 60000, scale up")
     args = ap.parse_args()
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| task | parameters | batch timed | SAM step s | cold measurement s (HVPs) | warm measurement s (HVPs) | one run, s |")
+    print(
+        "| task | parameters | batch timed | SAM step s | cold measurement s (HVPs) | warm measurement s (HVPs) | one run, s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for task in ("mnist", "cifar10", "shakespeare"):
         r = time_task(task, args.device, args.mnist_fraction)
-        per_run = r["steps"] * r["step"] + (r["steps"] // r["every"] + 1) * r["warm"] * (2 if task == "shakespeare" else 1)
+        per_run = r["steps"] * r["step"] + (r["steps"] // r["every"] + 1) * r["warm"] * (
+            2 if task == "shakespeare" else 1
+        )
         note = f" (x{r['scale']:g})" if r["scale"] != 1 else ""
-        print(f"| {task} | {r['params']:,} | {r['batch']}{note} | {r['step']:.3g} | {r['cold']:.3g} ({r['cold_hvps']}) "
-              f"| {r['warm']:.3g} ({r['warm_hvps']}) | {per_run:.3g} |", flush=True)
+        print(
+            f"| {task} | {r['params']:,} | {r['batch']}{note} | {r['step']:.3g} | {r['cold']:.3g} ({r['cold_hvps']}) "
+            f"| {r['warm']:.3g} ({r['warm_hvps']}) | {per_run:.3g} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The reference Hessian is computed by ``torch.autograd.functional.hessian`` on a 
 that this file splits into the parameter dict itself (not through ``samedge.vectors``), so it
 does not share code with the operators under test.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ def _build(name: str) -> Problem:
         y = nn.functional.one_hot(torch.randint(0, 3, (6,), generator=gen), 3).double()
         loss, sizes = squared_loss, (1, 3, 2)
     else:
-        model = Transformer(vocab_size=11, sequence_length=5, num_layers=2, num_heads=2, key_size=3, model_size=4).double()
+        model = Transformer(
+            vocab_size=11, sequence_length=5, num_layers=2, num_heads=2, key_size=3, model_size=4
+        ).double()
         # Larger-than-init embeddings so attention is far from uniform and the Hessian is generic.
         with torch.no_grad():
             model.tok.weight.normal_(0, 1, generator=gen)

@@ -1,4 +1,5 @@
 """The CIFAR-10 loader against the real binary files, its errors, and the cifar10 task."""
+
 import os
 import shutil
 import urllib.error
@@ -12,8 +13,10 @@ from samedge.tasks import get_task
 
 REAL = os.environ.get("SAMEDGE_DATA_DIR")
 CIFAR = Path(REAL) / "cifar-10-batches-bin" if REAL else None
-needs_real = pytest.mark.skipif(not REAL or not (CIFAR / "data_batch_1.bin").is_file(),
-                                reason="set SAMEDGE_DATA_DIR to a directory holding cifar-10-batches-bin")
+needs_real = pytest.mark.skipif(
+    not REAL or not (CIFAR / "data_batch_1.bin").is_file(),
+    reason="set SAMEDGE_DATA_DIR to a directory holding cifar-10-batches-bin",
+)
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread is faster on a shared machine
 RECORD = 3073
 
@@ -60,7 +63,9 @@ def test_cifar_real_files():
     assert torch.allclose(test.inputs, test_pixels - mean, atol=1e-6)  # test centred by the *training* mean
     # One pixel by hand: image 0, row 5, column 7, channel G is byte 1 + 1024 + 5*32 + 7 of record 0.
     raw = (CIFAR / "data_batch_1.bin").read_bytes()
-    assert float(train.inputs[0, 1, 5, 7] + mean[0, 1, 5, 7]) == pytest.approx(raw[1 + 1024 + 5 * 32 + 7] / 256, abs=1e-6)
+    assert float(train.inputs[0, 1, 5, 7] + mean[0, 1, 5, 7]) == pytest.approx(
+        raw[1 + 1024 + 5 * 32 + 7] / 256, abs=1e-6
+    )
     assert torch.equal(train.targets.argmax(1), train.labels) and torch.allclose(train.targets.sum(1), torch.ones(300))
 
 
@@ -134,10 +139,17 @@ def test_bad_sizes(n_train):
         data.load_cifar10(n_train, 10)
 
 
-@pytest.mark.parametrize("options, name", [
-    ({"n_trian": 10}, "n_trian"), ({"base_channels": 0}, "base_channels"), ({"num_blocks": 2.0}, "num_blocks"),
-    ({"layers_per_block": -1}, "layers_per_block"), ({"n_train": 60000}, "n_train"), ({"num_blocks": 6}, "num_blocks"),
-])
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        ({"n_trian": 10}, "n_trian"),
+        ({"base_channels": 0}, "base_channels"),
+        ({"num_blocks": 2.0}, "num_blocks"),
+        ({"layers_per_block": -1}, "layers_per_block"),
+        ({"n_train": 60000}, "n_train"),
+        ({"num_blocks": 6}, "num_blocks"),
+    ],
+)
 def test_task_option_validation(options, name):
     """Unknown keys and bad sizes are a ValueError naming the option."""
     with pytest.raises(ValueError, match=name):
@@ -155,6 +167,9 @@ def test_task_builds_cnn_on_real_data():
     assert out.shape == (32, 10) and torch.isfinite(built.loss(out, y))
     metrics = built.evaluate(built.model)
     assert set(metrics) == {"test_loss", "test_accuracy"} and 0 <= metrics["test_accuracy"] <= 1
-    xb, _ = get_task("cifar10").build(dict(n_train=32, n_test=16, base_channels=4), 8, "cpu", torch.float32, REAL).sample(
-        0, torch.Generator().manual_seed(1))
+    xb, _ = (
+        get_task("cifar10")
+        .build(dict(n_train=32, n_test=16, base_channels=4), 8, "cpu", torch.float32, REAL)
+        .sample(0, torch.Generator().manual_seed(1))
+    )
     assert xb.shape == (8, 3, 32, 32)  # minibatch when batch_size is given

@@ -1,6 +1,7 @@
 """The ``samedge`` command line: the console script is declared; ``run`` end to end at a tiny
 size; ``sweep`` (debug executor in-process, a failing job named with its logs, SLURM dry run,
 usage errors before anything is written); ``summarize``; ``reproduce`` delegates."""
+
 from __future__ import annotations
 
 import importlib
@@ -23,8 +24,10 @@ else:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("SAMEDGE_DATA_DIR")
-needs_mnist = pytest.mark.skipif(not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
-                                 reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
+needs_mnist = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
+    reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw",
+)
 TINY = ["-p", "n_train=128", "-p", "n_test=32", "-p", "width=16", "-p", "steps=10", "-p", "measure_every=5"]
 
 
@@ -47,8 +50,20 @@ def test_console_script_is_declared():
 @needs_mnist
 def test_run_end_to_end(tmp_path, capsys):
     """One run into <results>/<task>/<preset>/<run name>, its median printed; run again: reloaded."""
-    args = ["run", "mnist", "--preset", "smoke", "-p", "rho=0.05", *TINY, "--results-dir", str(tmp_path), "--device", "cpu",
-            "--quiet"]
+    args = [
+        "run",
+        "mnist",
+        "--preset",
+        "smoke",
+        "-p",
+        "rho=0.05",
+        *TINY,
+        "--results-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     dirs = [p.parent for p in tmp_path.rglob("summary.json")]
@@ -72,18 +87,21 @@ def test_run_needs_exactly_one_rho(tmp_path, capsys):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--grid", "nosuch=1,2"], "unknown grid parameter 'nosuch'"),
-    (["--grid", "eta="], "'eta' has no values"),
-    (["--grid", "eta=0.1,-0.1"], "eta=-0.1.*eta must be a finite number > 0"),
-    (["--grid", "eta=abc"], "eta must be a finite number > 0, got 'abc'"),
-    (["--grid", "eta=0.1", "--grid", "eta=0.2"], "'eta' is given twice"),
-    (["--grid", "rho=0", "--grid", "rhos=0.1"], "'rho' is given twice"),
-    (["--grid", "eta=0.1", "--preset", "huge"], "preset must be one of"),
-    (["--grid", "eta=0.1", "--seeds", "1", "1"], "seeds lists a seed twice"),
-    (["--grid", "eta=0.1", "--slurm-partition", "gpu"], "only apply with --executor slurm"),
-    (["--grid", "eta=0.1", "--max-parallel", "0"], "--max-parallel must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--grid", "nosuch=1,2"], "unknown grid parameter 'nosuch'"),
+        (["--grid", "eta="], "'eta' has no values"),
+        (["--grid", "eta=0.1,-0.1"], "eta=-0.1.*eta must be a finite number > 0"),
+        (["--grid", "eta=abc"], "eta must be a finite number > 0, got 'abc'"),
+        (["--grid", "eta=0.1", "--grid", "eta=0.2"], "'eta' is given twice"),
+        (["--grid", "rho=0", "--grid", "rhos=0.1"], "'rho' is given twice"),
+        (["--grid", "eta=0.1", "--preset", "huge"], "preset must be one of"),
+        (["--grid", "eta=0.1", "--seeds", "1", "1"], "seeds lists a seed twice"),
+        (["--grid", "eta=0.1", "--slurm-partition", "gpu"], "only apply with --executor slurm"),
+        (["--grid", "eta=0.1", "--max-parallel", "0"], "--max-parallel must be a positive integer"),
+    ],
+)
 def test_bad_sweeps_are_usage_errors_before_anything_is_written(tmp_path, capsys, extra, match):
     """Exit status 2, a message naming the problem, no results directory and no submitit folder."""
     args = ["sweep", "mnist", *extra, *TINY, "--results-dir", str(tmp_path / "res")]
@@ -105,8 +123,26 @@ def test_sweep_debug_executor_then_summarize(tmp_path, capsys):
     """A 2-run sweep in-process (submitit's debug executor); again: both reloaded; summarize
     prints each run's median (checked against the files) and writes the CSV; an empty
     directory is exit status 1 with a message."""
-    args = ["sweep", "mnist", "--preset", "smoke", "--grid", "rho=0,0.05", "--seeds", "4", *TINY, "--results-dir", str(tmp_path),
-            "--executor", "debug", "--device", "cpu", "--quiet", "--poll", "0.01"]
+    args = [
+        "sweep",
+        "mnist",
+        "--preset",
+        "smoke",
+        "--grid",
+        "rho=0,0.05",
+        "--seeds",
+        "4",
+        *TINY,
+        "--results-dir",
+        str(tmp_path),
+        "--executor",
+        "debug",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--poll",
+        "0.01",
+    ]
     assert main(args) == 0
     assert "2 computed now, 0 reloaded" in capsys.readouterr().out
     assert main(args) == 0
@@ -135,8 +171,24 @@ def test_sweep_debug_executor_then_summarize(tmp_path, capsys):
 def test_failed_job_is_named_with_its_logs(tmp_path, capsys):
     """A job that raises (its run directory holds another configuration): exit status 1, the run
     and the submitit log that holds the traceback are named; the other run still finishes."""
-    args = ["sweep", "mnist", "--preset", "smoke", "--grid", "rho=0,0.05", *TINY, "--results-dir", str(tmp_path),
-            "--device", "cpu", "--max-parallel", "2", "--quiet", "--poll", "0.2"]
+    args = [
+        "sweep",
+        "mnist",
+        "--preset",
+        "smoke",
+        "--grid",
+        "rho=0,0.05",
+        *TINY,
+        "--results-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--max-parallel",
+        "2",
+        "--quiet",
+        "--poll",
+        "0.2",
+    ]
     assert main([*args, "--dry-run"]) == 0
     bad = next(Path(ln.split()[-1]) for ln in capsys.readouterr().out.splitlines() if "-sam-" in ln)
     bad.mkdir(parents=True)
@@ -151,9 +203,35 @@ def test_failed_job_is_named_with_its_logs(tmp_path, capsys):
 
 def test_slurm_dry_run_prints_submitits_script(tmp_path, capsys):
     """--executor slurm --dry-run: the plan and the sbatch script, nothing submitted or written."""
-    args = ["sweep", "mnist", "--preset", "smoke", "--grid", "eta=0.2,0.3", "--seeds", "0", "1", *TINY, "--results-dir",
-            str(tmp_path / "res"), "--executor", "slurm", "--slurm-partition", "gpu", "--slurm-time", "45", "--slurm-gpus", "1",
-            "--slurm-option", "qos=high", "--slurm-option", "mem=8G", "--max-parallel", "3", "--dry-run"]
+    args = [
+        "sweep",
+        "mnist",
+        "--preset",
+        "smoke",
+        "--grid",
+        "eta=0.2,0.3",
+        "--seeds",
+        "0",
+        "1",
+        *TINY,
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--executor",
+        "slurm",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-time",
+        "45",
+        "--slurm-gpus",
+        "1",
+        "--slurm-option",
+        "qos=high",
+        "--slurm-option",
+        "mem=8G",
+        "--max-parallel",
+        "3",
+        "--dry-run",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert sum(ln.startswith("  to run") for ln in out.splitlines()) == 8  # 2 etas x 2 smoke rhos x 2 seeds

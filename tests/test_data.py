@@ -1,4 +1,5 @@
 """Data resolution, the MNIST loader against the real files, and the offline errors."""
+
 import os
 import urllib.error
 from pathlib import Path
@@ -9,8 +10,10 @@ import torch
 from samedge import data
 
 REAL = os.environ.get("SAMEDGE_DATA_DIR")
-needs_real = pytest.mark.skipif(not REAL or not (Path(REAL) / "MNIST" / "raw").is_dir(),
-                                reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
+needs_real = pytest.mark.skipif(
+    not REAL or not (Path(REAL) / "MNIST" / "raw").is_dir(),
+    reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw",
+)
 
 
 def test_resolution_order(monkeypatch, tmp_path):
@@ -41,6 +44,7 @@ def test_mnist_real_files():
 
 def test_missing_offline_names_files_url_and_variable(monkeypatch, tmp_path):
     """No data and no network: a DataError naming the expected files, the URL and SAMEDGE_DATA_DIR."""
+
     def offline(*a, **k):
         raise urllib.error.URLError("no network")
 
@@ -66,7 +70,7 @@ def test_truncated_file_rejected(tmp_path):
     raw.mkdir(parents=True)
     for f in data.MNIST_FILES:
         src = Path(REAL) / "MNIST" / "raw" / f
-        (raw / f).write_bytes(src.read_bytes()[: 1000] if f.startswith("train-images") else src.read_bytes())
+        (raw / f).write_bytes(src.read_bytes()[:1000] if f.startswith("train-images") else src.read_bytes())
     with pytest.raises(data.DataError, match="train-images-idx3-ubyte is corrupt or truncated"):
         data.load_mnist(10, 10, data_dir=tmp_path, download=False)
 

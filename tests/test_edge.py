@@ -4,6 +4,7 @@ References: real SAM steps (``sam_step``) on explicit quadratics 0.5 w^T A w sta
 top eigenvector, the paper's written formula, the defining quadratic equations, and series
 expansions in the limits.
 """
+
 from __future__ import annotations
 
 import math
@@ -187,13 +188,17 @@ def test_sam_edge_broadcasts_over_numpy_and_torch():
     out = sam_edge(np.array(etas)[:, None], rho, np.array(gs)[None, :])
     assert isinstance(out, np.ndarray) and out.shape == (3, 4)
     assert np.allclose(out, expected, rtol=1e-12, atol=0)
-    t = sam_edge(torch.tensor(etas, dtype=F64)[:, None], torch.tensor(rho, dtype=F64), torch.tensor(gs, dtype=F64)[None, :])
+    t = sam_edge(
+        torch.tensor(etas, dtype=F64)[:, None], torch.tensor(rho, dtype=F64), torch.tensor(gs, dtype=F64)[None, :]
+    )
     assert isinstance(t, torch.Tensor) and t.shape == (3, 4) and t.dtype == F64
     assert np.allclose(t.numpy(), expected, rtol=1e-12, atol=0)
     t32 = sam_edge(torch.tensor(etas)[:, None], rho, np.array(gs)[None, :])  # mixed inputs
     assert t32.dtype == torch.float32 and np.allclose(t32.numpy(), expected, rtol=1e-5)
     u = unnormalized_sam_edge(np.array(etas), np.array([0.0, 0.1, 1.0]))
-    assert np.allclose(u, [2 / 0.01] + [max(np.roots([e * r, e, -2.0]).real) for e, r in [(0.1, 0.1), (0.5, 1.0)]], rtol=1e-12)
+    assert np.allclose(
+        u, [2 / 0.01] + [max(np.roots([e * r, e, -2.0]).real) for e, r in [(0.1, 0.1), (0.5, 1.0)]], rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize(

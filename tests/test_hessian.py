@@ -3,6 +3,7 @@
 Every reference is either ``torch.autograd.functional.hessian`` (see conftest.py) followed by
 ``torch.linalg.eigh``, or an explicit quadratic 0.5 w^T A w whose Hessian is A.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,12 +15,12 @@ from torch import nn
 from conftest import MODEL_NAMES, get_problem, random_quadratic, reference_hessian, rel_err, split_flat
 from samedge.hessian import (
     WARM_MIN_ITER,
-    guarded_start,
     FiniteDifferenceHessianOperator,
     HessianOperator,
+    guarded_start,
     lanczos,
-    ritz,
     power_iteration,
+    ritz,
     sharpness,
 )
 from samedge.losses import module_loss, parameters_of, squared_loss
@@ -317,7 +318,6 @@ def test_lanczos_top_k_from_an_exact_eigenvector():
     assert torch.isfinite(r.eigenvectors).all()
 
 
-
 def _runner_up_problem(n: int, gap: float, bulk: str, seed: int):
     """A quadratic whose top eigenvalue 1 exceeds the runner-up by ``gap`` x, with a bulk of n - 2
     eigenvalues below 0.95 x the runner-up (uniform, or piled up near zero as in networks)."""
@@ -400,7 +400,11 @@ def test_lanczos_tridiagonal_replays_the_run():
     top3 = int(theta3.abs().argmax())
     assert abs(float(short.residuals[0]) - float(betas[2] * S3[-1, top3].abs())) <= 1e-10
     theta_r, res_r = ritz(r.tridiagonal, 3)  # the public replay helper agrees with the 3-step run
-    assert abs(float(theta_r[0]) - float(short.eigenvalues[0])) <= 1e-10 and abs(float(res_r[0]) - float(short.residuals[0])) <= 1e-10
+    assert (
+        abs(float(theta_r[0]) - float(short.eigenvalues[0])) <= 1e-10
+        and abs(float(res_r[0]) - float(short.residuals[0])) <= 1e-10
+    )
+
 
 def test_not_converged_when_max_iter_too_small(problem):
     """With far too few iterations both methods report converged=False and used them all."""

@@ -1,5 +1,6 @@
 """samedge.lightning: a real Trainer.fit on CPU, automatic optimization (SGD) and manual
 optimization with samedge.SAM (davda54-style), the rows logged to a CSVLogger."""
+
 from __future__ import annotations
 
 import math
@@ -66,15 +67,25 @@ def test_trainer_fit_logs_edge_rows(tmp_path, sam):
     x, y = synthetic()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
     cb = EdgeMonitorCallback(nn.MSELoss(), (x, y), every=5)
-    trainer = pl.Trainer(max_steps=30 if not sam else -1, max_epochs=30, accelerator="cpu", devices=1,
-                         logger=CSVLogger(tmp_path), callbacks=[cb], enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=30 if not sam else -1,
+        max_epochs=30,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path),
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Net(sam), loader)
     metrics = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
     rows = metrics.dropna(subset=["monitor/op_norm"])
     assert rows["step"].tolist() == [5, 10, 15, 20, 25, 30]
     assert (rows["monitor/op_norm"] > 0).all()
-    assert rows["monitor/ratio"].tolist() == pytest.approx((rows["monitor/op_norm"] / rows["monitor/edge"]).tolist(), rel=1e-6)
+    assert rows["monitor/ratio"].tolist() == pytest.approx(
+        (rows["monitor/op_norm"] / rows["monitor/edge"]).tolist(), rel=1e-6
+    )
     if sam:
         gn = rows["monitor/grad_norm"]
         want = (gn / (2 * 0.05)) * ((1 + 8 * 0.05 / (0.2 * gn)).apply(math.sqrt) - 1)

@@ -1,5 +1,6 @@
 """The run loop on real MNIST at a tiny size: record columns, monotone steps, the ratio,
 save/load round trip, resume, determinism, divergence and configuration errors."""
+
 import math
 import os
 from pathlib import Path
@@ -91,11 +92,17 @@ def test_precision_pinned_and_recorded(tmp_path):
 
 def test_sharpness_matches_dense_hessian():
     """The loop's op_norm at step 0 equals the dense float64 Hessian's largest |eigenvalue|."""
+    from samedge.hessian import dense_hessian
     from samedge.losses import module_loss, parameters_of
     from samedge.tasks import get_task
-    from samedge.hessian import dense_hessian
 
-    c = cfg(options=dict(n_train=32, n_test=8, width=4, depth=1), dtype="float64", lanczos_tol=1e-8, steps=4, measure_every=4)
+    c = cfg(
+        options=dict(n_train=32, n_test=8, width=4, depth=1),
+        dtype="float64",
+        lanczos_tol=1e-8,
+        steps=4,
+        measure_every=4,
+    )
     rec = run(c, progress=False)
     torch.manual_seed(0)
     built = get_task("mnist").build(c.options, None, "cpu", torch.float64, None)
@@ -149,21 +156,24 @@ def test_divergence_recorded():
     assert all(math.isfinite(r["train_loss"]) for r in rec.rows)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(eta=0.0), "eta must be a finite number > 0"),
-    (dict(eta=float("nan")), "eta must be"),
-    (dict(rho=-0.1), "rho must be a finite number >= 0"),
-    (dict(steps=0), "steps must be a positive integer"),
-    (dict(steps=2.5), "steps must be a positive integer"),
-    (dict(measure_every=20), "measure_every must be <= steps"),
-    (dict(task="imagenet"), "unknown task 'imagenet'"),
-    (dict(options=dict(OPTS, widht=3)), "unknown option"),
-    (dict(options=dict(OPTS, width=0)), "width must be a positive integer"),
-    (dict(options=dict(OPTS, n_train=70000)), "MNIST has 60000"),
-    (dict(dtype="float16"), "dtype must be"),
-    (dict(allow_tf32="yes"), "allow_tf32 must be True or False"),
-    (dict(normalize=1), "normalize must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(eta=0.0), "eta must be a finite number > 0"),
+        (dict(eta=float("nan")), "eta must be"),
+        (dict(rho=-0.1), "rho must be a finite number >= 0"),
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(steps=2.5), "steps must be a positive integer"),
+        (dict(measure_every=20), "measure_every must be <= steps"),
+        (dict(task="imagenet"), "unknown task 'imagenet'"),
+        (dict(options=dict(OPTS, widht=3)), "unknown option"),
+        (dict(options=dict(OPTS, width=0)), "width must be a positive integer"),
+        (dict(options=dict(OPTS, n_train=70000)), "MNIST has 60000"),
+        (dict(dtype="float16"), "dtype must be"),
+        (dict(allow_tf32="yes"), "allow_tf32 must be True or False"),
+        (dict(normalize=1), "normalize must be True or False"),
+    ],
+)
 def test_bad_config(kw, match):
     """Each bad parameter raises ConfigError naming it, before any compute."""
     with pytest.raises(ConfigError, match=match):

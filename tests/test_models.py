@@ -4,6 +4,7 @@ References: parameter counts and shapes worked out by hand, the Glorot-normal st
 deviation sqrt(2 / (fan_in + fan_out)) and Gaussian kurtosis, perturbation of future tokens
 for causality, hand-written LayerNorm and cross-entropy, and float64 dense Hessians.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,7 +44,9 @@ def test_mlp_shapes_and_parameter_count():
 @pytest.mark.parametrize("layers_per_block", [1, 2])
 def test_cnn_shapes_and_parameter_count(layers_per_block):
     """Logits (batch, classes); channels double per block; count of convs, LayerNorms, pools."""
-    model = CNN(in_channels=2, image_size=8, num_blocks=2, layers_per_block=layers_per_block, base_channels=3, num_classes=4)
+    model = CNN(
+        in_channels=2, image_size=8, num_blocks=2, layers_per_block=layers_per_block, base_channels=3, num_classes=4
+    )
     assert model(torch.randn(5, 2, 8, 8)).shape == (5, 4)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [3] * layers_per_block + [6] * layers_per_block

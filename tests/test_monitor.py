@@ -1,5 +1,6 @@
 """EdgeMonitor against independent references: dense float64 Hessians, hand-computed gradients,
 closed-form edges, real heavy-ball steps on a quadratic, and loop.run's rows on one problem."""
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,10 @@ from samedge.edge import momentum_edge
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("single_thread")
-HAS_MNIST = bool(os.environ.get("SAMEDGE_DATA_DIR")) and (Path(os.environ.get("SAMEDGE_DATA_DIR", "")) / "MNIST" / "raw").is_dir()
+HAS_MNIST = (
+    bool(os.environ.get("SAMEDGE_DATA_DIR"))
+    and (Path(os.environ.get("SAMEDGE_DATA_DIR", "")) / "MNIST" / "raw").is_dir()
+)
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
 
 
@@ -44,15 +48,20 @@ def dense(model, loss, x, y):
         params, i = {}, 0
         for n in names:
             k = math.prod(shapes[n])
-            params[n] = v[i:i + k].reshape(shapes[n])
+            params[n] = v[i : i + k].reshape(shapes[n])
             i += k
         return loss(torch.func.functional_call(m, params, (x,)), y)
 
     v = flat.clone().requires_grad_(True)
     val = f(v)
     (g,) = torch.autograd.grad(val, v)
-    return float(val.detach()), g, reference_hessian(lambda p: f(torch.cat([p[n].reshape(-1) for n in names])),
-                                              {n: p.detach() for n, p in m.named_parameters()})
+    return (
+        float(val.detach()),
+        g,
+        reference_hessian(
+            lambda p: f(torch.cat([p[n].reshape(-1) for n in names])), {n: p.detach() for n, p in m.named_parameters()}
+        ),
+    )
 
 
 def test_full_batch_numbers_match_dense_hessian():
@@ -77,7 +86,9 @@ def test_iterable_of_batches_is_the_size_weighted_full_data_hessian():
     """Unequal batches (5, 3, 4) give the loss, gradient and Hessian of the mean over all 12 examples."""
     model, (x, y) = tiny(), data()
     batches = [(x[:5], y[:5]), (x[5:8], y[5:8]), (x[8:], y[8:])]
-    mon = EdgeMonitor(model, nn.MSELoss(), batches, torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200)
+    mon = EdgeMonitor(
+        model, nn.MSELoss(), batches, torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200
+    )
     row = mon.measure()
     loss, g, H = dense(model, nn.MSELoss(), x, y)
     assert row["loss"] == pytest.approx(loss, rel=1e-12)
@@ -115,7 +126,9 @@ def test_leaves_parameters_grads_modes_and_buffers_as_found():
     buffers = {k: b.clone() for k, b in model.named_buffers()}
     flags = [m.training for m in model.modules()]
     for train_mode in (False, True):
-        EdgeMonitor(model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), train_mode=train_mode).measure()
+        EdgeMonitor(
+            model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), train_mode=train_mode
+        ).measure()
         assert all(torch.equal(p, params[k]) for k, p in model.named_parameters())
         for k, p in model.named_parameters():
             assert (p.grad is None) if grads[k] is None else torch.equal(p.grad, grads[k])
@@ -130,7 +143,9 @@ def test_batchnorm_measured_in_eval_mode_by_default():
         model[2].running_mean.uniform_(-0.5, 0.5)
         model[2].running_var.uniform_(0.5, 2.0)
     model.train()
-    row = EdgeMonitor(model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200).measure()
+    row = EdgeMonitor(
+        model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200
+    ).measure()
     ref = copy.deepcopy(model).eval()
     _, _, H = dense(ref, nn.MSELoss(), x, y)
     assert row["op_norm"] == pytest.approx(float(torch.linalg.eigvalsh(H).abs().max()), rel=1e-8)
@@ -163,16 +178,24 @@ def test_edges_read_from_the_optimizer():
     assert m.measure()["edge"] == pytest.approx(2 / 0.25)
 
 
-@pytest.mark.parametrize("make, why", [
-    (lambda m: _sgd(m, lr=0.1, momentum=0.9, nesterov=True), "nesterov"),
-    (lambda m: _sgd(m, lr=0.1, momentum=0.9, dampening=0.1), "dampening"),
-    (lambda m: _sgd(m, lr=0.1, weight_decay=1e-4), "weight_decay"),
-    (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "Adam"),
-    (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9), "momentum"),
-    (lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.05, lr=0.1), "Adam"),
-    (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, adaptive=True, lr=0.1), "adaptive"),
-    (lambda m: torch.optim.SGD([{"params": [m[0].weight], "lr": 0.1}, {"params": [m[0].bias, m[2].weight, m[2].bias], "lr": 0.2}]), "lr"),
-])
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda m: _sgd(m, lr=0.1, momentum=0.9, nesterov=True), "nesterov"),
+        (lambda m: _sgd(m, lr=0.1, momentum=0.9, dampening=0.1), "dampening"),
+        (lambda m: _sgd(m, lr=0.1, weight_decay=1e-4), "weight_decay"),
+        (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "Adam"),
+        (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9), "momentum"),
+        (lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.05, lr=0.1), "Adam"),
+        (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, adaptive=True, lr=0.1), "adaptive"),
+        (
+            lambda m: torch.optim.SGD(
+                [{"params": [m[0].weight], "lr": 0.1}, {"params": [m[0].bias, m[2].weight, m[2].bias], "lr": 0.2}]
+            ),
+            "lr",
+        ),
+    ],
+)
 def test_unknown_update_rules_warn_and_record_no_edge(make, why):
     """No formula covers these: a warning naming the reason, and edge = ratio = None (never a number)."""
     model, (x, y) = tiny(), data()
@@ -196,7 +219,7 @@ def test_momentum_edge_on_a_quadratic_with_real_heavy_ball_steps():
         with torch.no_grad():
             model.weight.fill_(1.0)
         x = torch.diag(lam.sqrt())  # model(x)_i = sqrt(lam_i) w_i
-        loss = lambda out, tgt: 0.5 * (out ** 2).sum()  # noqa: E731  # = 0.5 w^T diag(lam) w
+        loss = lambda out, tgt: 0.5 * (out**2).sum()  # noqa: E731  # = 0.5 w^T diag(lam) w
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=beta)
         mon = EdgeMonitor(model, loss, (x, torch.zeros(3, 1, dtype=F64)), opt, every=100, tol=1e-10)
         start = model.weight.detach().abs().max().item()
@@ -289,14 +312,24 @@ def test_loop_rows_equal_a_plain_loop_with_the_monitor(rho, normalize):
     from samedge.losses import squared_loss
     from samedge.tasks import get_task
 
-    cfg = RunConfig(task="mnist", eta=0.3, rho=rho, normalize=normalize, steps=12, measure_every=4,
-                    options=dict(n_train=128, n_test=16, width=16, depth=2))
+    cfg = RunConfig(
+        task="mnist",
+        eta=0.3,
+        rho=rho,
+        normalize=normalize,
+        steps=12,
+        measure_every=4,
+        options=dict(n_train=128, n_test=16, width=16, depth=2),
+    )
     rec = run(cfg, progress=False)
     torch.manual_seed(cfg.seed)  # the loop seeds before building the task: the same initial weights
     inst = get_task("mnist").build(cfg.options, None, "cpu", torch.float32, None)
     model, (x, y) = inst.model, inst.sample(0, None)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.eta) if rho == 0 else \
-        SAM(model.parameters(), torch.optim.SGD, rho=rho, normalize=normalize, lr=cfg.eta)
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=cfg.eta)
+        if rho == 0
+        else SAM(model.parameters(), torch.optim.SGD, rho=rho, normalize=normalize, lr=cfg.eta)
+    )
     mon = EdgeMonitor(model, squared_loss, (x, y), opt, every=cfg.measure_every, tol=cfg.lanczos_tol, seed=cfg.seed)
     mon.measure()
     for _ in range(cfg.steps):

@@ -2,6 +2,7 @@
 full-batch GD (torch.optim.SGD) settles at 2/eta, SAM (samedge.SAM, davda54 usage) at its
 SAM-edge. The cpu preset's MNIST setting: 1000 images, MLP 3x256, eta = 0.7, 600 steps,
 measured every 20 steps. About a minute (GD) and two (SAM) on one core: marked slow."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,16 @@ def train(rho: float):
     x, y = train_split.inputs, train_split.targets
     torch.manual_seed(0)
     # The user's own module (not samedge.models), Glorot-normal weights and zero biases as in the paper.
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                          nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
+    )
     for layer in model:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_normal_(layer.weight)

@@ -1,6 +1,7 @@
 """The `paper` presets build and run: each task at the authors' model size (the preset's own
 width, depth, channels, layers, heads, sequence length), with the data cut to a few examples,
 takes two SAM steps and its measurements on the CPU. Nothing else executes these sizes in CI."""
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ MODEL_KEYS = {
     "shakespeare": ("num_layers", "num_heads", "key_size", "model_size", "sequence_length"),
 }
 
+
 def expected_parameters(task: str, p: dict) -> int:
     """Parameter count of the authors' architecture, by hand from the preset's sizes."""
     if task == "mnist":
@@ -51,7 +53,9 @@ def test_paper_preset_runs_two_steps_at_full_model_size(task):
     """Two SAM steps and a measurement at steps 0 and 2, at the paper's model size: finite,
     converged sharpness, the preset's eta and largest rho, the authors' parameter count."""
     paper = load_preset(task, "paper")
-    params = resolve_params(task, "paper", **FEW[task], steps=2, measure_every=2, rhos=[max(paper["rhos"])], device="cpu")
+    params = resolve_params(
+        task, "paper", **FEW[task], steps=2, measure_every=2, rhos=[max(paper["rhos"])], device="cpu"
+    )
     assert all(params[k] == paper[k] for k in MODEL_KEYS[task])
     (cfg,) = run_configs(task, params)
     assert cfg.eta == paper["eta"] and cfg.rho == max(paper["rhos"])

@@ -1,4 +1,5 @@
 """Presets: files load, explicit values win, the environment variable selects, bad keys fail."""
+
 import pytest
 import yaml
 
@@ -46,6 +47,7 @@ def test_errors():
     with pytest.raises(ConfigError, match="rhos must be a non-empty list"):
         resolve_params("mnist", "smoke", rhos=[])
     import torch
+
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_params("mnist", "smoke", device="cuda")

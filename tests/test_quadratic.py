@@ -4,8 +4,8 @@ References are typed formulas (``1 - eta lam (1 + rho lam/||g||)``, the two-cycl
 ``eta rho lam / (2 - eta lam)``) or the library's edges, which tests/test_edge.py checks on
 their own; the quantities under test come from stepping ``samedge.sam_step``.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -45,12 +45,15 @@ def test_quadratic_hessian_gradient_and_placement():
         Quadratic((1.0, 2.0, 3.0), theta=0.1)
 
 
-@pytest.mark.parametrize("eta,rho,lam,gn,alignment,theta", [
-    (0.1, 0.05, 12.0, 1.0, 0.8, 0.5),
-    (0.01, 0.1, 150.0, 0.02, 1.0, 0.0),
-    (0.3, 0.01, 3.0, 5.0, 0.3, 1.2),
-    (0.05, 0.2, 35.0, 0.7, 0.95, -0.4),
-])
+@pytest.mark.parametrize(
+    "eta,rho,lam,gn,alignment,theta",
+    [
+        (0.1, 0.05, 12.0, 1.0, 0.8, 0.5),
+        (0.01, 0.1, 150.0, 0.02, 1.0, 0.0),
+        (0.3, 0.01, 3.0, 5.0, 0.3, 1.2),
+        (0.05, 0.2, 35.0, 0.7, 0.95, -0.4),
+    ],
+)
 def test_one_step_factor_matches_closed_form(eta, rho, lam, gn, alignment, theta):
     """One real step multiplies the top coordinate by 1 - eta lam (1 + rho lam/||g||) (normalized),
     1 - eta lam (1 + rho lam) (unnormalized) and 1 - eta lam (GD), whatever the alignment and the
@@ -151,7 +154,12 @@ def test_sharpening_loss_gradient_hessian_and_sam_settling():
     assert df["ratio"].iloc[0] < 0.9  # starts below its edge
     half = df[df["step"] >= 300]
     assert 1.0 <= half["ratio"].median() <= 1.01
-    assert np.allclose(df["op_norm"], np.abs(np.linalg.eigvalsh(
-        np.stack([[df["w1"], df["w0"]], [df["w0"], 0 * df["w0"]]]).transpose(2, 0, 1))).max(1), rtol=1e-12)
+    assert np.allclose(
+        df["op_norm"],
+        np.abs(np.linalg.eigvalsh(np.stack([[df["w1"], df["w0"]], [df["w0"], 0 * df["w0"]]]).transpose(2, 0, 1))).max(
+            1
+        ),
+        rtol=1e-12,
+    )
     with pytest.raises(ValueError, match="drift"):
         sharpening_loss(0.0)

@@ -2,6 +2,7 @@
 where it needs a GPU or the paper's sizes, is checked with papermill's --prepare-only or the
 program's own argument parser. A command that no rule below covers fails the test, so a new
 command in the docs cannot go untested."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("SAMEDGE_DATA_DIR")
-needs_data = pytest.mark.skipif(not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
-                                reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
+    reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw",
+)
 FENCE = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
 
 
@@ -65,7 +68,9 @@ def _run(argv: list, tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
 
 def _needs_gpu_or_paper(words: list) -> bool:
     cuda = any(w.startswith("cuda") for w in words) and not torch.cuda.is_available()
-    paper = any(w.endswith("/paper.yaml") for w in words) or any(a == "--preset" and b == "paper" for a, b in zip(words, words[1:]))
+    paper = any(w.endswith("/paper.yaml") for w in words) or any(
+        a == "--preset" and b == "paper" for a, b in zip(words, words[1:])
+    )
     return cuda or paper
 
 
@@ -73,7 +78,9 @@ def _retarget(words: list, tmp_path: Path) -> list:
     """Output paths of the command moved into tmp_path (the docs write to out.ipynb / out/...)."""
     out = []
     for w in words:
-        out.append(str(tmp_path / w) if (w.endswith(".ipynb") and not w.startswith("book/")) or w.startswith("out/") else w)
+        out.append(
+            str(tmp_path / w) if (w.endswith(".ipynb") and not w.startswith("book/")) or w.startswith("out/") else w
+        )
     return out
 
 
@@ -94,7 +101,11 @@ def test_documented_command_runs(source, command, tmp_path):
     ci = (ROOT / ".ci" / "run").read_text()
     if prog in ("pip", "jupyter-book") or words == ["pytest"]:
         # The CI script runs these itself on a clean clone: check that it does.
-        key = {"pip": "pip install -q -r requirements.txt", "jupyter-book": "jupyter-book build .", "pytest": "\npytest\n"}[prog]
+        key = {
+            "pip": "pip install -q -r requirements.txt",
+            "jupyter-book": "jupyter-book build .",
+            "pytest": "\npytest\n",
+        }[prog]
         assert key in ci, f"{source}: {command!r} is not what .ci/run runs"
         return
     if prog == "papermill":
@@ -117,7 +128,9 @@ def test_documented_command_runs(source, command, tmp_path):
         assert all(f in r.stdout for f in flags), f"{source}: {command!r} uses flags the script does not have"
     elif prog == "samedge":
         exe = str(Path(sys.executable).with_name("samedge"))
-        words = [w.replace("results/", str(tmp_path / "results") + "/", 1) if w.startswith("results/") else w for w in words]
+        words = [
+            w.replace("results/", str(tmp_path / "results") + "/", 1) if w.startswith("results/") else w for w in words
+        ]
         if words[1] == "summarize":  # it needs finished runs to summarize: make one first
             assert _run([exe, "run", "mnist", "--preset", "smoke", "-p", "rho=0"], tmp_path, env).returncode == 0
         if words[1] == "sweep" and "--executor" in words and "slurm" in words:

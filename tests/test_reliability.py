@@ -3,6 +3,7 @@ identical record, keeping every checkpointed row; one writer per run directory, 
 writer leaves no stale lock; a full disk or a read-only directory is a clear error that leaves
 the previous state loadable; checkpoints are plain tensors (weights_only); a diverging notebook
 still renders; corrupt data is refused."""
+
 import contextlib
 import json
 import os
@@ -24,12 +25,22 @@ from samedge.record import TIMING_COLUMNS, RunRecord
 from samedge.rundir import LOCK, RunDirBusyError, RunDirWriteError, RunLock
 
 DATA = os.environ.get("SAMEDGE_DATA_DIR")
-pytestmark = pytest.mark.skipif(not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
-                                reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
+pytestmark = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
+    reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw",
+)
 ROOT = Path(__file__).resolve().parents[1]
 
-CFG = dict(task="mnist", eta=0.3, rho=0.05, steps=40, measure_every=3, seed=3, checkpoint_every=2,
-           options=dict(n_train=128, n_test=32, width=16, depth=2))
+CFG = dict(
+    task="mnist",
+    eta=0.3,
+    rho=0.05,
+    steps=40,
+    measure_every=3,
+    seed=3,
+    checkpoint_every=2,
+    options=dict(n_train=128, n_test=32, width=16, depth=2),
+)
 
 # The child slows itself after each checkpoint, so the parent can kill it mid-run.
 CHILD = """
@@ -107,8 +118,9 @@ def test_sigkill_during_final_write(tmp_path, target):
     kw = dict(CFG, steps=12, checkpoint_every=5)  # checkpoints at 5 and 10; measurements 0, 3, ..., 12
     cfg = RunConfig(**kw)
     d, marker = tmp_path / cfg.run_name(), tmp_path / "marker"
-    child = subprocess.Popen([sys.executable, "-c", FINAL_CHILD, json.dumps(kw), str(d), target, str(marker)],
-                             env=os.environ.copy())
+    child = subprocess.Popen(
+        [sys.executable, "-c", FINAL_CHILD, json.dumps(kw), str(d), target, str(marker)], env=os.environ.copy()
+    )
     deadline = time.time() + 120
     while time.time() < deadline and child.poll() is None and not marker.exists():
         time.sleep(0.02)
@@ -125,8 +137,9 @@ def test_sigkill_during_final_write(tmp_path, target):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = run(cfg, d, progress=False)
-    assert any("final save was cut short; resuming from its checkpoint" in str(w.message) for w in caught) == \
-        (target == "summary.json")
+    assert any("final save was cut short; resuming from its checkpoint" in str(w.message) for w in caught) == (
+        target == "summary.json"
+    )
     fresh = run(cfg, progress=False)
     a, b = resumed.frame.drop(columns=TIMING_COLUMNS), fresh.frame.drop(columns=TIMING_COLUMNS)
     assert a["step"].tolist() == [0, 3, 6, 9, 12] and a.equals(b)
@@ -145,8 +158,12 @@ def test_second_writer_fails_or_waits(tmp_path):
     returns the first one's finished record (reloaded, not recomputed)."""
     cfg = RunConfig(**CFG)
     d = tmp_path / cfg.run_name()
-    child = subprocess.Popen([sys.executable, "-c", WRITER, json.dumps(CFG), str(d)], env=os.environ.copy(),
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, json.dumps(CFG), str(d)],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and child.poll() is None and not (d / CHECKPOINT).exists():
         time.sleep(0.02)
@@ -190,7 +207,9 @@ def small_disk(path: Path, size: str = "1m"):
     path.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command: cannot make a small filesystem to fill")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()}); run as root to test a full disk")
     try:
@@ -220,8 +239,11 @@ def test_disk_full_during_checkpoint(tmp_path):
         before = (d / CHECKPOINT).read_bytes()
         assert len(before) > 8 * 4096
         filler = fill(disk, leave=4096)  # a page for config.json, none for a checkpoint
-        with pytest.raises(RunDirWriteError, match=rf"could not write {d}/checkpoint.pt: the disk holding {d} is full "
-                                                   r"\(No space left on device\); free space there"):
+        with pytest.raises(
+            RunDirWriteError,
+            match=rf"could not write {d}/checkpoint.pt: the disk holding {d} is full "
+            r"\(No space left on device\); free space there",
+        ):
             run(cfg, d, progress=False)
         assert (d / CHECKPOINT).read_bytes() == before and not list(d.glob("*.tmp"))
         assert torch.load(d / CHECKPOINT, weights_only=True)["step"] == 4
@@ -242,14 +264,19 @@ def test_disk_full_during_record_write(tmp_path):
         run(cfg, d, progress=False, stop_after=20)
         before = (d / CHECKPOINT).read_bytes()
         filler = fill(disk, leave=4096)  # a page: config.json can be rewritten, record.csv cannot
-        with pytest.raises(RunDirWriteError, match=rf"could not write {d}/record.csv: the disk holding {d} is full"
-                                                   r".*free space there .*Files saved before are unchanged"):
+        with pytest.raises(
+            RunDirWriteError,
+            match=rf"could not write {d}/record.csv: the disk holding {d} is full"
+            r".*free space there .*Files saved before are unchanged",
+        ):
             run(cfg, d, progress=False)
         assert sorted(p.name for p in d.iterdir()) == [LOCK, CHECKPOINT, "config.json"]
         assert (d / CHECKPOINT).read_bytes() == before
         assert torch.load(d / CHECKPOINT, weights_only=True)["step"] == 20
         other = RunConfig(**dict(kw, seed=9))  # a new run on the full disk fails at its first write
-        with pytest.raises(RunDirWriteError, match=rf"could not write {disk / other.run_name()}/config.json: .*free space"):
+        with pytest.raises(
+            RunDirWriteError, match=rf"could not write {disk / other.run_name()}/config.json: .*free space"
+        ):
             run(other, disk / other.run_name(), progress=False)
         filler.unlink()
         resumed = run(cfg, d, progress=False)
@@ -270,8 +297,11 @@ def test_read_only_results_dir(tmp_path):
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         assert run(done, disk / done.run_name(), progress=False).frame.equals(first.frame)
         for c in (part, new):
-            with pytest.raises(RunDirWriteError, match=r"is not writable \(Read-only file system\); make it "
-                                                       r"writable or choose another results directory"):
+            with pytest.raises(
+                RunDirWriteError,
+                match=r"is not writable \(Read-only file system\); make it "
+                r"writable or choose another results directory",
+            ):
                 run(c, disk / c.run_name(), progress=False)
         assert (disk / part.run_name() / CHECKPOINT).read_bytes() == ck
 
@@ -299,8 +329,13 @@ def test_diverging_notebook_still_renders(tmp_path):
     """papermill with a huge eta: the run is recorded as diverged and every cell still runs."""
     pm = pytest.importorskip("papermill")
     out = tmp_path / "out.ipynb"
-    pm.execute_notebook(str(ROOT / "book" / "mnist.ipynb"), str(out), cwd=str(ROOT / "book"), progress_bar=False,
-                        parameters=dict(preset="smoke", eta=1e4, rhos=[0.0], results_dir=str(tmp_path / "res")))
+    pm.execute_notebook(
+        str(ROOT / "book" / "mnist.ipynb"),
+        str(out),
+        cwd=str(ROOT / "book"),
+        progress_bar=False,
+        parameters=dict(preset="smoke", eta=1e4, rhos=[0.0], results_dir=str(tmp_path / "res")),
+    )
     text = out.read_text()
     assert "GD diverged at step" in text and "Traceback" not in text
     summaries = list((tmp_path / "res").rglob("summary.json"))

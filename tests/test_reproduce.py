@@ -1,5 +1,6 @@
 """``python -m samedge.reproduce``: discovery, a real run of the MNIST notebook at the smoke
 preset, and the failure path (a bad parameter: non-zero exit naming the notebook)."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
 
 from samedge.reproduce import declared_parameters, discover, find_book_dir
 
@@ -17,8 +17,14 @@ BOOK = ROOT / "book"
 
 def reproduce(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "samedge.reproduce", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "samedge.reproduce", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_discovers_the_notebooks_with_a_parameters_cell(tmp_path):
@@ -64,8 +70,25 @@ def test_mnist_at_smoke(tmp_path):
     # SAMEDGE_PRESET and SAMEDGE_RESULTS_DIR pointing at these runs reloads them, runs nothing.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("record.csv")}
     env = {**os.environ, "SAMEDGE_PRESET": "smoke", "SAMEDGE_RESULTS_DIR": str(out / "results")}
-    again = subprocess.run([sys.executable, "-m", "papermill", "mnist.ipynb", str(tmp_path / "again.ipynb"), "-k", "python3",
-                            "-p", "device", "cpu"], cwd=BOOK, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            "mnist.ipynb",
+            str(tmp_path / "again.ipynb"),
+            "-k",
+            "python3",
+            "-p",
+            "device",
+            "cpu",
+        ],
+        cwd=BOOK,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("record.csv")} == stamps
     assert not any((out / "results").rglob("checkpoint.pt"))

@@ -4,6 +4,7 @@ The reference gradient loads the parameters into a copy of the nn.Module, evalua
 ``loss(model(x), y)`` and calls ``torch.autograd.grad``: no ``torch.func``, no
 ``samedge.losses.module_loss``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -113,13 +114,19 @@ def test_ascent_point_by_hand():
     w = {"a": torch.tensor([1.0, 2.0], dtype=F64), "b": torch.tensor([[0.5]], dtype=F64)}
     g = {"a": torch.tensor([3.0, 0.0], dtype=F64), "b": torch.tensor([[4.0]], dtype=F64)}  # ||g|| = 5
     n = ascent_point(w, g, 0.5)
-    assert torch.allclose(n["a"], torch.tensor([1.3, 2.0], dtype=F64)) and torch.allclose(n["b"], torch.tensor([[0.9]], dtype=F64))
+    assert torch.allclose(n["a"], torch.tensor([1.3, 2.0], dtype=F64)) and torch.allclose(
+        n["b"], torch.tensor([[0.9]], dtype=F64)
+    )
     u = ascent_point(w, g, 0.5, normalize=False)
-    assert torch.allclose(u["a"], torch.tensor([2.5, 2.0], dtype=F64)) and torch.allclose(u["b"], torch.tensor([[2.5]], dtype=F64))
+    assert torch.allclose(u["a"], torch.tensor([2.5, 2.0], dtype=F64)) and torch.allclose(
+        u["b"], torch.tensor([[2.5]], dtype=F64)
+    )
 
 
-@pytest.mark.parametrize("eta, rho, name", [(0.0, 0.1, "eta"), (-1.0, 0.1, "eta"), (float("nan"), 0.1, "eta"),
-                                            (0.1, -0.1, "rho"), (0.1, float("inf"), "rho")])
+@pytest.mark.parametrize(
+    "eta, rho, name",
+    [(0.0, 0.1, "eta"), (-1.0, 0.1, "eta"), (float("nan"), 0.1, "eta"), (0.1, -0.1, "rho"), (0.1, float("inf"), "rho")],
+)
 def test_invalid_hyperparameters(eta, rho, name):
     """sam_step and the SAM optimizer reject bad eta/lr and rho with a ValueError naming them."""
     problem = get_problem("mlp")
@@ -140,6 +147,7 @@ def _optimizer_run(problem, make_groups, steps, rho, normalize=True, use_closure
         loss.backward()
         losses.append(float(loss.detach()))
         if use_closure:
+
             def closure():  # the README's closure, verbatim (it binds the loop variables)
                 loss = problem.loss(model(problem.inputs), problem.targets)
                 loss.backward()
@@ -210,7 +218,9 @@ def test_davda54_readme_loops_run_unchanged():
     from samedge import SAM as ImportedSAM
 
     gen = torch.Generator().manual_seed(1)
-    data = [(torch.randn(16, 6, generator=gen, dtype=F64), torch.randn(16, 2, generator=gen, dtype=F64)) for _ in range(4)]
+    data = [
+        (torch.randn(16, 6, generator=gen, dtype=F64), torch.randn(16, 2, generator=gen, dtype=F64)) for _ in range(4)
+    ]
     loss_function = torch.nn.MSELoss()
 
     def YourModel():
@@ -236,6 +246,7 @@ def test_davda54_readme_loops_run_unchanged():
         base_optimizer = torch.optim.SGD  # define an optimizer for the "sharpness-aware" update
         optimizer = ImportedSAM(model.parameters(), base_optimizer, lr=0.1, momentum=0.9)
         for input, output in data:
+
             def closure():  # the README's closure, verbatim (it binds the loop variables)
                 loss = loss_function(output, model(input))  # noqa: B023
                 loss.backward()
@@ -302,7 +313,7 @@ def test_optimizer_two_groups_with_different_learning_rates():
     group steps with its own lr along grad L(w~) (hand-computed, two steps)."""
     problem = get_problem("transformer")
     names = list(problem.params)
-    second = set(names[len(names) // 2:])
+    second = set(names[len(names) // 2 :])
     got, _ = _optimizer_run(problem, lambda m: _two_groups(m, lr=0.2), 2, 0.1)
     params = dict(problem.params)
     for _ in range(2):

@@ -1,4 +1,5 @@
 """The tiny_shakespeare loader, crops, download path and errors, and the shakespeare task."""
+
 import io
 import math
 import os
@@ -15,8 +16,9 @@ from samedge.tasks import EVAL_BATCH_SEED, get_task
 
 REAL = os.environ.get("SAMEDGE_DATA_DIR")
 TEXT = Path(REAL) / "tinyshakespeare" / "input.txt" if REAL else None
-needs_real = pytest.mark.skipif(not REAL or not TEXT.is_file(),
-                                reason="set SAMEDGE_DATA_DIR to a directory holding tinyshakespeare/input.txt")
+needs_real = pytest.mark.skipif(
+    not REAL or not TEXT.is_file(), reason="set SAMEDGE_DATA_DIR to a directory holding tinyshakespeare/input.txt"
+)
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread is faster on a shared machine
 TINY = dict(num_layers=1, num_heads=2, key_size=4, model_size=8, sequence_length=12, eval_batch_size=6, n_test_crops=10)
 
@@ -75,6 +77,7 @@ def test_modified_copy_rejected(tmp_path):
 
 def test_missing_offline_names_file_url_and_variable(monkeypatch, tmp_path):
     """No file and no network: a DataError naming the file, the URL and SAMEDGE_DATA_DIR; no partial file."""
+
     def offline(*a, **k):
         raise urllib.error.URLError("no network")
 
@@ -102,11 +105,17 @@ def test_download_verifies_then_renames(monkeypatch, tmp_path):
     assert len(train) + len(test) == len(served["body"])
 
 
-@pytest.mark.parametrize("options, name", [
-    ({"num_layer": 2}, "num_layer"), ({"model_size": 0}, "model_size"), ({"num_heads": -2}, "num_heads"),
-    ({"sequence_length": 3.5}, "sequence_length"), ({"eval_batch_size": 0}, "eval_batch_size"),
-    ({"n_test_crops": True}, "n_test_crops"),
-])
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        ({"num_layer": 2}, "num_layer"),
+        ({"model_size": 0}, "model_size"),
+        ({"num_heads": -2}, "num_heads"),
+        ({"sequence_length": 3.5}, "sequence_length"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
+        ({"n_test_crops": True}, "n_test_crops"),
+    ],
+)
 def test_task_option_validation(options, name):
     """Unknown keys and non-positive sizes are a ValueError naming the option."""
     with pytest.raises(ValueError, match=name):

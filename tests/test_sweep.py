@@ -2,6 +2,7 @@
 same runs in-process; a job cancelled mid-run and the sweep re-submitted (it resumes that run to
 the uninterrupted record and reloads the finished one); the sbatch script submitit generates for
 SLURM; grids that are errors before anything is submitted."""
+
 from __future__ import annotations
 
 import datetime
@@ -21,12 +22,22 @@ from samedge.config import ConfigError
 from samedge.loop import CHECKPOINT, run
 from samedge.record import TIMING_COLUMNS, RunRecord
 from samedge.sweep import (
-    RunJob, SweepRunner, execute, make_executor, parse_grid, plan, slurm_parameters, slurm_script, sweep,
+    RunJob,
+    SweepRunner,
+    execute,
+    make_executor,
+    parse_grid,
+    plan,
+    slurm_parameters,
+    slurm_script,
+    sweep,
 )
 
 DATA = os.environ.get("SAMEDGE_DATA_DIR")
-needs_mnist = pytest.mark.skipif(not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
-                                 reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
+needs_mnist = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
+    reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw",
+)
 # Smaller than the smoke preset: each run takes well under a second once torch is imported.
 TINY = dict(n_train=128, n_test=32, width=16, depth=2, steps=10, measure_every=5)
 
@@ -39,13 +50,19 @@ def same_rows(a: RunRecord, b: RunRecord) -> bool:
 
 def job_intervals(folder: Path) -> list:
     """(start, end) of each job from submitit's own log lines (inside each process's lifetime)."""
+
     def stamp(line: str) -> float:
         return datetime.datetime.strptime(line.split("(", 1)[1].split(")", 1)[0], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
     out = []
     for log in folder.glob("*_0_log.out"):  # submitit logs INFO to stdout
         lines = log.read_text().splitlines()
-        out.append((stamp(next(ln for ln in lines if "Starting with" in ln)), stamp(next(ln for ln in lines if "Exiting after" in ln))))
+        out.append(
+            (
+                stamp(next(ln for ln in lines if "Starting with" in ln)),
+                stamp(next(ln for ln in lines if "Exiting after" in ln)),
+            )
+        )
     return out
 
 
@@ -61,9 +78,14 @@ def max_overlap(intervals: list) -> int:
 
 # ---- grids and plans (no compute) ----
 
+
 def test_grid_spellings_and_numbers():
     """Repeated --grid and one comma list mean the same; 1e-3 (a string to YAML 1.1) is a float."""
-    assert parse_grid(["eta=0.1,0.2", "rho=0,1e-3"]) == parse_grid(["eta=0.1,0.2,rho=0,1e-3"]) == {"eta": [0.1, 0.2], "rho": [0, 0.001]}
+    assert (
+        parse_grid(["eta=0.1,0.2", "rho=0,1e-3"])
+        == parse_grid(["eta=0.1,0.2,rho=0,1e-3"])
+        == {"eta": [0.1, 0.2], "rho": [0, 0.001]}
+    )
     assert parse_grid(["steps=20,40"]) == {"steps": [20, 40]}
 
 
@@ -72,24 +94,29 @@ def test_plan_is_the_product_of_grid_and_seeds(tmp_path):
     a grid without rho runs every rho of the preset (smoke: 0 and 0.05)."""
     runs = plan("mnist", "smoke", {"eta": [0.2, 0.3], "rhos": [0.0, 0.1]}, [0, 1, 2], TINY, tmp_path)
     assert len({r.run_dir for r in runs}) == 12
-    assert {(r.config.eta, r.config.rho, r.config.seed) for r in runs} == set(itertools.product([0.2, 0.3], [0.0, 0.1], [0, 1, 2]))
+    assert {(r.config.eta, r.config.rho, r.config.seed) for r in runs} == set(
+        itertools.product([0.2, 0.3], [0.0, 0.1], [0, 1, 2])
+    )
     assert all(r.run_dir.parent == tmp_path / "mnist" / "smoke" and r.config.steps == 10 for r in runs)
     runs = plan("mnist", "smoke", {"eta": [0.2, 0.3]}, None, TINY, tmp_path)
     assert {(r.config.eta, r.config.rho) for r in runs} == {(0.2, 0.0), (0.2, 0.05), (0.3, 0.0), (0.3, 0.05)}
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # planning writes nothing
 
 
-@pytest.mark.parametrize("grid, match", [
-    ({"nosuch": [1]}, "unknown grid parameter 'nosuch'.*allowed"),
-    ({"eta": []}, "'eta' has no values"),
-    ({"eta": [0.1, -0.2]}, "eta=-0.2.*eta must be a finite number > 0"),
-    ({"eta": [0.0]}, "eta must be a finite number > 0"),
-    ({"eta": ["fast"]}, "eta must be a finite number > 0, got 'fast'"),
-    ({"batch_size": [16, 2.5]}, "batch_size=2.5.*batch_size must be a positive integer"),
-    ({"rho": [0.0], "rhos": [0.1]}, "'rho' is given twice"),
-    ({"eta": [0.1, 0.1]}, "lists the value 0.1 twice"),
-    ({"seed": [0, 1]}, "use seeds="),
-])
+@pytest.mark.parametrize(
+    "grid, match",
+    [
+        ({"nosuch": [1]}, "unknown grid parameter 'nosuch'.*allowed"),
+        ({"eta": []}, "'eta' has no values"),
+        ({"eta": [0.1, -0.2]}, "eta=-0.2.*eta must be a finite number > 0"),
+        ({"eta": [0.0]}, "eta must be a finite number > 0"),
+        ({"eta": ["fast"]}, "eta must be a finite number > 0, got 'fast'"),
+        ({"batch_size": [16, 2.5]}, "batch_size=2.5.*batch_size must be a positive integer"),
+        ({"rho": [0.0], "rhos": [0.1]}, "'rho' is given twice"),
+        ({"eta": [0.1, 0.1]}, "lists the value 0.1 twice"),
+        ({"seed": [0, 1]}, "use seeds="),
+    ],
+)
 def test_bad_grid_is_an_error_before_anything_is_submitted(tmp_path, grid, match):
     """The error names the parameter and the value; no run directory and no submitit folder exist."""
     with pytest.raises(ConfigError, match=match):
@@ -110,14 +137,25 @@ def test_unknown_task_preset_and_seeds_are_errors(tmp_path):
 
 # ---- the local executor, end to end ----
 
+
 @needs_mnist
 def test_local_sweep_of_four_runs_equals_in_process_runs(tmp_path):
     """2 etas x 2 rhos through submitit's local executor (subprocesses, 2 at a time): four run
     directories, each record equal to the same configuration run here with loop.run; a second
     sweep reloads all four and submits nothing."""
     grid = {"eta": [0.2, 0.3], "rho": [0.0, 0.05]}
-    records = sweep("mnist", "smoke", grid, params=TINY, results_dir=tmp_path, executor="local", max_parallel=2,
-                    device="cpu", progress=False, poll_s=0.2)
+    records = sweep(
+        "mnist",
+        "smoke",
+        grid,
+        params=TINY,
+        results_dir=tmp_path,
+        executor="local",
+        max_parallel=2,
+        device="cpu",
+        progress=False,
+        poll_s=0.2,
+    )
     assert [(r.config.eta, r.config.rho) for r in records] == list(itertools.product([0.2, 0.3], [0.0, 0.05]))
     folders = list((tmp_path / "mnist" / "smoke" / "submitit").iterdir())
     assert len(folders) == 1 and len(list(folders[0].glob("*_result.pkl"))) == 4  # four jobs, one result each
@@ -161,7 +199,9 @@ def test_cancelled_job_resumes_on_resubmission(tmp_path):
     target = runs[1]
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SlowJob lives in this test module
     try:
-        runner = SweepRunner(runs, make_executor("local", tmp_path / "sub1", timeout_min=10), max_parallel=2, job=SlowJob())
+        runner = SweepRunner(
+            runs, make_executor("local", tmp_path / "sub1", timeout_min=10), max_parallel=2, job=SlowJob()
+        )
         runner.start()
         deadline, cancelled_at = time.time() + 180, None
         while time.time() < deadline and cancelled_at is None and runner.active:
@@ -201,28 +241,45 @@ def test_cancelled_job_resumes_on_resubmission(tmp_path):
     assert not (target.run_dir / CHECKPOINT).exists()
     # Resumed, not recomputed: the rows before the cancel keep the first attempt's wall-clock times.
     by_step = resumed.frame.set_index("step")
-    assert saved_rows and all(by_step.loc[r["step"], c] == pytest.approx(r[c], rel=1e-12) for r in saved_rows for c in TIMING_COLUMNS)
+    assert saved_rows and all(
+        by_step.loc[r["step"], c] == pytest.approx(r[c], rel=1e-12) for r in saved_rows for c in TIMING_COLUMNS
+    )
 
 
 # ---- SLURM: submitit's own sbatch script, nothing submitted ----
 
+
 def test_slurm_script_holds_partition_time_gpus_and_options(tmp_path):
     """The script submitit writes for a job array of 5 runs, 3 at a time."""
-    params = slurm_parameters("gpu-long", 90, 2, {"qos": "high", "mem": "16G", "cpus_per_task": 4, "reservation": "r1"},
-                              max_parallel=3)
+    params = slurm_parameters(
+        "gpu-long", 90, 2, {"qos": "high", "mem": "16G", "cpus_per_task": 4, "reservation": "r1"}, max_parallel=3
+    )
     text = slurm_script(tmp_path / "submitit", params, num_jobs=5)
     lines = set(text.splitlines())
-    for flag in ["--partition=gpu-long", "--time=90", "--gpus-per-node=2", "--qos=high", "--mem=16G", "--cpus-per-task=4",
-                 "--reservation=r1", "--array=0-4%3"]:
+    for flag in [
+        "--partition=gpu-long",
+        "--time=90",
+        "--gpus-per-node=2",
+        "--qos=high",
+        "--mem=16G",
+        "--cpus-per-task=4",
+        "--reservation=r1",
+        "--array=0-4%3",
+    ]:
         assert f"#SBATCH {flag}" in lines, (flag, text)
-    assert f"-m submitit.core._submit {tmp_path / 'submitit'}" in text and f"--output={tmp_path / 'submitit'}/%A_%a_0_log.out" in text
+    assert (
+        f"-m submitit.core._submit {tmp_path / 'submitit'}" in text
+        and f"--output={tmp_path / 'submitit'}/%A_%a_0_log.out" in text
+    )
     assert not (tmp_path / "submitit").exists()  # nothing submitted, nothing written
 
 
 def test_slurm_yaml_file_and_command_line(tmp_path):
     """A YAML file of SLURM parameters, the command line overriding it; bad values are errors."""
     f = tmp_path / "slurm.yaml"
-    f.write_text("partition: short\ntime: 20\ngpus: 1\nconstraint: a100\nsetup: [module load cuda/12.4]\naccount: lab\n")
+    f.write_text(
+        "partition: short\ntime: 20\ngpus: 1\nconstraint: a100\nsetup: [module load cuda/12.4]\naccount: lab\n"
+    )
     params = slurm_parameters(partition="long", config_file=f)
     text = slurm_script(tmp_path / "s", params, num_jobs=1)
     for flag in ["--partition=long", "--time=20", "--gpus-per-node=1", "--constraint=a100", "--account=lab"]:
@@ -247,8 +304,17 @@ def test_debug_executor_runs_in_process(tmp_path):
     """submitit's debug executor: the runs happen here, the records are the in-process ones."""
     if not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir():
         pytest.skip("needs MNIST")
-    records = sweep("mnist", "smoke", {"rho": [0.0, 0.05]}, params=TINY, results_dir=tmp_path, executor="debug",
-                    device="cpu", progress=False, poll_s=0.01)
+    records = sweep(
+        "mnist",
+        "smoke",
+        {"rho": [0.0, 0.05]},
+        params=TINY,
+        results_dir=tmp_path,
+        executor="debug",
+        device="cpu",
+        progress=False,
+        poll_s=0.01,
+    )
     assert len(records) == 2
     for rec in records:
         assert same_rows(rec, run(rec.config, progress=False))

@@ -1,4 +1,5 @@
 """samedge: sharpness-aware minimization and the edge of stability, measured exactly."""
+
 from .edge import gd_edge, momentum_edge, sam_edge, unnormalized_sam_edge
 from .hessian import (
     EigenResult,
@@ -17,10 +18,24 @@ from .vectors import alignment, flatten, unflatten
 __version__ = "0.1.0"
 
 __all__ = [
-    "gd_edge", "momentum_edge", "sam_edge", "unnormalized_sam_edge",
-    "EigenResult", "FiniteDifferenceHessianOperator", "HessianOperator", "Sharpness", "dense_hessian", "lanczos",
-    "power_iteration", "sharpness",
+    "gd_edge",
+    "momentum_edge",
+    "sam_edge",
+    "unnormalized_sam_edge",
+    "EigenResult",
+    "FiniteDifferenceHessianOperator",
+    "HessianOperator",
+    "Sharpness",
+    "dense_hessian",
+    "lanczos",
+    "power_iteration",
+    "sharpness",
     "EdgeMonitor",
-    "SAM", "SAMStep", "ascent_point", "sam_step",
-    "alignment", "flatten", "unflatten",
+    "SAM",
+    "SAMStep",
+    "ascent_point",
+    "sam_step",
+    "alignment",
+    "flatten",
+    "unflatten",
 ]

@@ -1,4 +1,5 @@
 """Tables and sentences computed from run records (never typed by hand)."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -37,25 +38,28 @@ def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFra
         half = second_half(df, r.config.steps)
         # A record without the eval columns (a full-batch run) falls back to the training ones.
         h_col, e_col = SHARPNESS_AND_EDGE[column if column in df else RATIO]
-        rows.append({
-            "run": run_label(r),
-            "rho": r.config.rho,
-            "eta": r.config.eta,
-            "2/eta": 2 / r.config.eta,
-            "median ||H|| (2nd half)": float(half[h_col].median()) if len(half) else float("nan"),
-            "median SAM-edge (2nd half)": float(half[e_col].median()) if len(half) else float("nan"),
-            "median ratio (2nd half)": r.median_ratio(column),
-            "final train loss": float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
-            "test loss": r.summary.get("test_loss", float("nan")),
-            "test accuracy": r.summary.get("test_accuracy", float("nan")),
-            "diverged": r.diverged,
-            "diverged at": r.summary.get("diverged_at"),
-        })
+        rows.append(
+            {
+                "run": run_label(r),
+                "rho": r.config.rho,
+                "eta": r.config.eta,
+                "2/eta": 2 / r.config.eta,
+                "median ||H|| (2nd half)": float(half[h_col].median()) if len(half) else float("nan"),
+                "median SAM-edge (2nd half)": float(half[e_col].median()) if len(half) else float("nan"),
+                "median ratio (2nd half)": r.median_ratio(column),
+                "final train loss": float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
+                "test loss": r.summary.get("test_loss", float("nan")),
+                "test accuracy": r.summary.get("test_accuracy", float("nan")),
+                "diverged": r.diverged,
+                "diverged at": r.summary.get("diverged_at"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND,
-                     gd_band: Optional[Tuple[float, float]] = None) -> str:
+def interpret_ratios(
+    table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND, gd_band: Optional[Tuple[float, float]] = None
+) -> str:
     """One sentence saying, from the numbers, how closely sharpness tracked its edge.
 
     SAM runs count as at their edge when the median ratio lies in ``band``; GD when its median
@@ -72,18 +76,26 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
         parts.append(
             f"For {len(inside)} of {len(sam)} SAM runs the median of ||H||/SAM-edge over the second half of training "
             f"lies in [{lo:g}, {hi:g}] (range {rng[0]:.3f} to {rng[1]:.3f})"
-            + (", so the operator norm of the Hessian tracks the SAM-edge, not 2/eta" if len(inside) == len(sam) else
-               "; where it falls outside, the sharpness did not settle at the SAM-edge in this run")
+            + (
+                ", so the operator norm of the Hessian tracks the SAM-edge, not 2/eta"
+                if len(inside) == len(sam)
+                else "; where it falls outside, the sharpness did not settle at the SAM-edge in this run"
+            )
         )
     if len(gd):
         g = gd.iloc[0]
         ratio_gd = g["median ||H|| (2nd half)"] / g["2/eta"]
         parts.append(
             f"GD's sharpness settles at {ratio_gd:.3f} x 2/eta"
-            + (" (the classical edge of stability)" if (gd_band[0] <= ratio_gd <= gd_band[1] if gd_band else abs(ratio_gd - 1) <= 0.1)
-               else " (not at the edge of stability in this run)")
+            + (
+                " (the classical edge of stability)"
+                if (gd_band[0] <= ratio_gd <= gd_band[1] if gd_band else abs(ratio_gd - 1) <= 0.1)
+                else " (not at the edge of stability in this run)"
+            )
         )
     for _, b in bad.iterrows():
-        parts.append(f"{b['run']} diverged at step {b['diverged at']} (a non-finite loss, gradient or sharpness); "
-                     "its curves stop there and its medians use only the finite measurements")
+        parts.append(
+            f"{b['run']} diverged at step {b['diverged at']} (a non-finite loss, gradient or sharpness); "
+            "its curves stop there and its medians use only the finite measurements"
+        )
     return "; ".join(parts) + "."

@@ -27,6 +27,7 @@ cuda]``; the command line wins); keys submitit does not know become ``#SBATCH --
 Exit status: 0 on success, 1 when a run or job failed (or ``summarize`` found no runs), 2 for a
 usage or configuration error (nothing was run or submitted).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,10 +64,21 @@ def _params(pairs: Sequence[tuple]) -> Dict[str, Any]:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", help="the task: mnist, cifar10 or shakespeare")
     p.add_argument("--preset", default=None, help="smoke, cpu or paper (default: $SAMEDGE_PRESET, else cpu)")
-    p.add_argument("-p", "--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
-                   help="a notebook parameter (value parsed as YAML); repeatable; rho=R means rhos=[R]")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="root of the run directories (default: $SAMEDGE_RESULTS_DIR, else ./results)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a notebook parameter (value parsed as YAML); repeatable; rho=R means rhos=[R]",
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="root of the run directories (default: $SAMEDGE_RESULTS_DIR, else ./results)",
+    )
     p.add_argument("--device", default=None, help="'auto', 'cpu' or 'cuda[:N]' (default: auto)")
 
 
@@ -75,38 +87,81 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    r = sub.add_parser("run", help="one run into its fingerprinted, resumable run directory",
-                       description="One run (exactly one rho) into <results-dir>/<task>/<preset>/<run name>.")
+    r = sub.add_parser(
+        "run",
+        help="one run into its fingerprinted, resumable run directory",
+        description="One run (exactly one rho) into <results-dir>/<task>/<preset>/<run name>.",
+    )
     _add_common(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("sweep", help="a grid of runs x seeds, one submitit job per run",
-                       description="The product of --grid values and --seeds over the preset, one submitit job per run.")
+    s = sub.add_parser(
+        "sweep",
+        help="a grid of runs x seeds, one submitit job per run",
+        description="The product of --grid values and --seeds over the preset, one submitit job per run.",
+    )
     _add_common(s)
-    s.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                   help="a parameter and its values (eta=0.1,0.2; rho=0,0.05; steps=...); repeatable")
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a parameter and its values (eta=0.1,0.2; rho=0,0.05; steps=...); repeatable",
+    )
     s.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED", help="seeds (default: the preset's)")
-    s.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
-                   help="local subprocesses (default), a SLURM job array, or in-process (debug)")
-    s.add_argument("--max-parallel", type=int, default=None, metavar="N",
-                   help="jobs at once (local default: 1 per CPU core; slurm: the array's parallelism)")
-    s.add_argument("--timeout-min", type=int, default=24 * 60, metavar="MIN", help="local executor: minutes per job (default 1440)")
+    s.add_argument(
+        "--executor",
+        choices=["local", "slurm", "debug"],
+        default="local",
+        help="local subprocesses (default), a SLURM job array, or in-process (debug)",
+    )
+    s.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jobs at once (local default: 1 per CPU core; slurm: the array's parallelism)",
+    )
+    s.add_argument(
+        "--timeout-min", type=int, default=24 * 60, metavar="MIN", help="local executor: minutes per job (default 1440)"
+    )
     s.add_argument("--slurm-partition", default=None)
     s.add_argument("--slurm-time", type=int, default=None, metavar="MIN", help="minutes per job (default 60)")
     s.add_argument("--slurm-gpus", type=int, default=None, metavar="N", help="GPUs per job (gpus_per_node)")
-    s.add_argument("--slurm-option", action="append", type=_param, default=[], metavar="KEY=VALUE",
-                   help="another SLURM parameter (qos=high, account=x, mem=16G, cpus_per_task=4, ...); repeatable")
-    s.add_argument("--slurm-config", type=Path, default=None, metavar="FILE.yaml", help="SLURM parameters from a YAML mapping")
-    s.add_argument("--submitit-dir", type=Path, default=None,
-                   help="submitit's folder (default: <results root>/submitit/<UTC time>)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch script for slurm); submit nothing")
-    s.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="how often job states are polled (default 2)")
+    s.add_argument(
+        "--slurm-option",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="another SLURM parameter (qos=high, account=x, mem=16G, cpus_per_task=4, ...); repeatable",
+    )
+    s.add_argument(
+        "--slurm-config", type=Path, default=None, metavar="FILE.yaml", help="SLURM parameters from a YAML mapping"
+    )
+    s.add_argument(
+        "--submitit-dir",
+        type=Path,
+        default=None,
+        help="submitit's folder (default: <results root>/submitit/<UTC time>)",
+    )
+    s.add_argument(
+        "--dry-run", action="store_true", help="print the plan (and the sbatch script for slurm); submit nothing"
+    )
+    s.add_argument(
+        "--poll", type=float, default=2.0, metavar="SECONDS", help="how often job states are polled (default 2)"
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser("reproduce", help="run every book notebook at one preset (python -m samedge.reproduce)", add_help=False)
+    sub.add_parser(
+        "reproduce", help="run every book notebook at one preset (python -m samedge.reproduce)", add_help=False
+    )
 
-    m = sub.add_parser("summarize", help="the ratio table of the runs under a directory",
-                       description="The ratio table of every finished run found (recursively) under DIR.")
+    m = sub.add_parser(
+        "summarize",
+        help="the ratio table of the runs under a directory",
+        description="The ratio table of every finished run found (recursively) under DIR.",
+    )
     m.add_argument("dir", type=Path)
     m.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the table as CSV")
     return parser
@@ -119,7 +174,9 @@ def _fail(message: str, code: int = 2) -> int:
 
 def _device(args: argparse.Namespace, params: Dict[str, Any]) -> str:
     if args.device is not None and "device" in params:
-        raise ValueError(f"the device is given twice (--device {args.device} and -p device={params['device']}); give it once")
+        raise ValueError(
+            f"the device is given twice (--device {args.device} and -p device={params['device']}); give it once"
+        )
     return args.device or params.pop("device", None) or "auto"
 
 
@@ -133,13 +190,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device = job_device(_device(args, params), "local")
         rhos = params.get("rhos")
         if isinstance(rhos, list) and len(rhos) > 1:
-            raise ConfigError(f"samedge run makes one run, but rhos={rhos} lists {len(rhos)}; "
-                              "choose one with -p rho=R, or run them all with samedge sweep")
+            raise ConfigError(
+                f"samedge run makes one run, but rhos={rhos} lists {len(rhos)}; "
+                "choose one with -p rho=R, or run them all with samedge sweep"
+            )
         runs = plan(args.task, args.preset, None, None, params, args.results_dir, device)
         if len(runs) != 1:
             choices = sorted({r.config.rho for r in runs})
-            raise ConfigError(f"the parameters give {len(runs)} runs (rhos {choices}); samedge run makes one: "
-                              f"choose one with -p rho=R (e.g. -p rho={choices[-1]:g}), or use samedge sweep")
+            raise ConfigError(
+                f"the parameters give {len(runs)} runs (rhos {choices}); samedge run makes one: "
+                f"choose one with -p rho=R (e.g. -p rho={choices[-1]:g}), or use samedge sweep"
+            )
     except ValueError as err:  # ConfigError, unknown task / option
         return _fail(str(err))
     from .loop import run
@@ -161,14 +222,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     try:
         params = _params(args.param)
         if args.executor == "slurm":
-            slurm = slurm_parameters(args.slurm_partition, args.slurm_time, args.slurm_gpus, _params(args.slurm_option),
-                                     args.slurm_config, args.max_parallel)
+            slurm = slurm_parameters(
+                args.slurm_partition,
+                args.slurm_time,
+                args.slurm_gpus,
+                _params(args.slurm_option),
+                args.slurm_config,
+                args.max_parallel,
+            )
         else:
-            given = [f for f, v in (("--slurm-partition", args.slurm_partition), ("--slurm-time", args.slurm_time),
-                                    ("--slurm-gpus", args.slurm_gpus), ("--slurm-option", args.slurm_option),
-                                    ("--slurm-config", args.slurm_config)) if v]
+            given = [
+                f
+                for f, v in (
+                    ("--slurm-partition", args.slurm_partition),
+                    ("--slurm-time", args.slurm_time),
+                    ("--slurm-gpus", args.slurm_gpus),
+                    ("--slurm-option", args.slurm_option),
+                    ("--slurm-config", args.slurm_config),
+                )
+                if v
+            ]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply with --executor slurm (got --executor {args.executor})")
+                raise ValueError(
+                    f"{', '.join(given)} only apply with --executor slurm (got --executor {args.executor})"
+                )
             slurm = None
         if args.max_parallel is not None and args.max_parallel < 1:
             raise ValueError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
@@ -183,8 +260,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError as err:  # ConfigError, unknown task / option, bad SLURM parameter
         return _fail(str(err))
     todo = [r for r in runs if not r.finished]
-    print(f"samedge sweep: {len(runs)} runs of {args.task} ({len(runs) - len(todo)} finished, {len(todo)} to run) "
-          f"under {runs[0].run_dir.parent}, executor {args.executor}", flush=True)
+    print(
+        f"samedge sweep: {len(runs)} runs of {args.task} ({len(runs) - len(todo)} finished, {len(todo)} to run) "
+        f"under {runs[0].run_dir.parent}, executor {args.executor}",
+        flush=True,
+    )
     if args.dry_run:
         for r in runs:
             print(f"  {'finished' if r.finished else 'to run  '}  {r.run_dir}")
@@ -193,8 +273,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(script)
         return 0
     try:
-        result = execute(runs, args.executor, args.max_parallel, folder, args.timeout_min, slurm,
-                         local_gpus(device) if args.executor == "local" else 0, progress=not args.quiet, poll_s=args.poll)
+        result = execute(
+            runs,
+            args.executor,
+            args.max_parallel,
+            folder,
+            args.timeout_min,
+            slurm,
+            local_gpus(device) if args.executor == "local" else 0,
+            progress=not args.quiet,
+            poll_s=args.poll,
+        )
     except ValueError as err:  # e.g. SLURM not available here
         return _fail(str(err))
     if result.folder is not None:
@@ -202,15 +291,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if result.failed:
         print(result.failure_report(), file=sys.stderr)
         return 1
-    print(f"{len(runs)} runs finished ({len(result.submitted)} computed now, {len(runs) - len(result.submitted)} reloaded); "
-          f"summarize them with: samedge summarize {runs[0].run_dir.parent}")
+    print(
+        f"{len(runs)} runs finished ({len(result.submitted)} computed now, {len(runs) - len(result.submitted)} reloaded); "
+        f"summarize them with: samedge summarize {runs[0].run_dir.parent}"
+    )
     return 0
 
 
 def find_run_dirs(root: Path) -> List[Path]:
     """Every directory under ``root`` (itself included) holding a finished record, sorted."""
-    return sorted(p.parent for p in Path(root).rglob("summary.json") if (p.parent / "record.csv").exists()
-                  and (p.parent / "config.json").exists())
+    return sorted(
+        p.parent
+        for p in Path(root).rglob("summary.json")
+        if (p.parent / "record.csv").exists() and (p.parent / "config.json").exists()
+    )
 
 
 def summary_table(run_dirs: Sequence[Path], root: Optional[Path] = None):

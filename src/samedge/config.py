@@ -1,5 +1,6 @@
 """Run configuration: one SAM (or GD) training run with its measurement schedule, validated
 before any compute."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,9 @@ def _positive_int(name: str, v: Any) -> None:
 
 
 def _finite(name: str, v: Any, lo: float, strict: bool) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo)
+    ok = (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo)
+    )
     if not ok:
         raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, got {v!r}")
 
@@ -79,7 +82,9 @@ class RunConfig:
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.hvp_method not in ("double_backward", "forward_over_reverse"):
-            raise ConfigError(f"hvp_method must be 'double_backward' or 'forward_over_reverse', got {self.hvp_method!r}")
+            raise ConfigError(
+                f"hvp_method must be 'double_backward' or 'forward_over_reverse', got {self.hvp_method!r}"
+            )
         _finite("lanczos_tol", self.lanczos_tol, 0, strict=True)
         for name in ("normalize", "measure_ascent", "allow_tf32"):
             if not isinstance(getattr(self, name), bool):

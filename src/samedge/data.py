@@ -5,6 +5,7 @@ variable, else a per-user cache (``$XDG_CACHE_HOME/samedge/data``, default ``~/.
 Files are checked against known SHA-256 sums before use; a download goes to a temporary name
 and is renamed only once verified.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,10 +54,12 @@ class Split:
 
     def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Split":
         """Move to ``device`` (floating tensors also to ``dtype``)."""
+
         def mv(t):
             if t is None:
                 return None
             return t.to(device=device, dtype=dtype) if (dtype is not None and t.is_floating_point()) else t.to(device)
+
         return Split(mv(self.inputs), mv(self.targets), mv(self.labels))
 
 
@@ -108,7 +111,9 @@ def download(url: str, dest: Path, sha256: Optional[str] = None) -> None:
         if sha256:
             h = hashlib.sha256(Path(tmp).read_bytes())
             if h.hexdigest() != sha256:
-                raise DataError(f"download of {url} has the wrong sha256 ({h.hexdigest()}, expected {sha256}); try again")
+                raise DataError(
+                    f"download of {url} has the wrong sha256 ({h.hexdigest()}, expected {sha256}); try again"
+                )
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -156,7 +161,9 @@ def _ensure_mnist(root: Path, download_ok: bool) -> None:
         except (urllib.error.URLError, OSError, RuntimeError) as err:
             raise _offline_error("MNIST", root, [f"MNIST/raw/{f}" for f in MNIST_FILES], MNIST_URL, err) from err
     elif missing:
-        raise _offline_error("MNIST", root, [f"MNIST/raw/{f}" for f in missing], MNIST_URL, FileNotFoundError("download=False"))
+        raise _offline_error(
+            "MNIST", root, [f"MNIST/raw/{f}" for f in missing], MNIST_URL, FileNotFoundError("download=False")
+        )
     for f, digest in MNIST_FILES.items():
         verify_file(raw / f, digest, "MNIST")
 
@@ -380,7 +387,9 @@ def load_shakespeare(
     return as_tokens(train), as_tokens(test)
 
 
-def random_crops(tokens: torch.Tensor, num: int, sequence_length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_crops(
+    tokens: torch.Tensor, num: int, sequence_length: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``num`` crops of ``sequence_length + 1`` tokens at uniformly random offsets drawn with
     ``gen``: inputs = crop[:-1], targets = crop[1:], each (num, sequence_length)."""
     span = sequence_length + 1

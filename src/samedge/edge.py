@@ -8,6 +8,7 @@ Each edge is the positive root of that quadratic in ``lam``. We use the rational
 ``(||g||/(2 rho)) (sqrt(1 + 8 rho/(eta ||g||)) - 1)`` but free of 0/0 at rho = 0 and
 of cancellation when rho/||g|| is small.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union

@@ -1,5 +1,6 @@
 """Run every rho of an experiment notebook's parameters, saving each run under the results
 directory (``results_dir`` parameter, else ``$SAMEDGE_RESULTS_DIR``, else ``./results``)."""
+
 from __future__ import annotations
 
 import os

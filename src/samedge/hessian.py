@@ -13,6 +13,7 @@ through) and every HVP call also updates the running-statistics buffers as a sid
 put such models in ``eval()`` mode (running statistics, a per-example loss) before measuring.
 LayerNorm has no running state and needs nothing special.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,7 +73,11 @@ class HessianOperator:
 
     @classmethod
     def from_batches(
-        cls, make_loss: Callable[[object], LossFn], batches: Sequence, params: Params, method: HVPMethod = "double_backward"
+        cls,
+        make_loss: Callable[[object], LossFn],
+        batches: Sequence,
+        params: Params,
+        method: HVPMethod = "double_backward",
     ) -> "HessianOperator":
         """HVP of the dataset loss from batches, each weighted by its size (len of its first tensor)."""
         sizes = [len(b[0]) for b in batches]
@@ -92,9 +97,15 @@ class HessianOperator:
         # (or none): its Hessian row is zero, so it is left out of the second backward.
         pairs = [(g, u) for g, u in zip(grads, v.values()) if g is not None and g.requires_grad]
         hv = (
-            torch.autograd.grad([g for g, _ in pairs], list(leaves.values()), grad_outputs=[u for _, u in pairs],
-                                retain_graph=retain, allow_unused=True)
-            if pairs else [None] * len(leaves)
+            torch.autograd.grad(
+                [g for g, _ in pairs],
+                list(leaves.values()),
+                grad_outputs=[u for _, u in pairs],
+                retain_graph=retain,
+                allow_unused=True,
+            )
+            if pairs
+            else [None] * len(leaves)
         )
         return {k: torch.zeros_like(p) if h is None else h for (k, p), h in zip(leaves.items(), hv)}
 
@@ -265,9 +276,13 @@ def lanczos(
         if not (torch.isfinite(alpha) and torch.isfinite(beta)):
             # A non-finite HVP (a diverged run): report NaN, unconverged, rather than fail in eigh.
             nan = torch.full((1 if which != "BE" else 2,), float("nan"), dtype=dtype, device=device)
-            return EigenResult(nan, q.reshape(1, -1).repeat(len(nan), 1), j + 1, False, nan.double(), (float("nan"), float("nan")))
+            return EigenResult(
+                nan, q.reshape(1, -1).repeat(len(nan), 1), j + 1, False, nan.double(), (float("nan"), float("nan"))
+            )
         alphas.append(alpha)
-        theta, S = torch.linalg.eigh(_tridiagonal(torch.stack(alphas).double(), torch.stack(betas).double() if betas else None))
+        theta, S = torch.linalg.eigh(
+            _tridiagonal(torch.stack(alphas).double(), torch.stack(betas).double() if betas else None)
+        )
         idx = _select(theta, min(k, j + 1) if which != "BE" else 2, which)
         res = (beta.double() * S[-1, idx]).abs()
         history.append(float(theta[idx[0]]))
@@ -292,10 +307,12 @@ def lanczos(
                 q = w / beta
             betas.append(beta)
     m = len(alphas)
-    vecs = (S[:, idx].T.to(dtype) @ Q[:m])
+    vecs = S[:, idx].T.to(dtype) @ Q[:m]
     vecs = vecs / torch.linalg.vector_norm(vecs, dim=1, keepdim=True)
     tri = (torch.stack(alphas).double(), torch.stack(betas[: m - 1] + [beta]).double())
-    return EigenResult(theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()), history, tri)
+    return EigenResult(
+        theta[idx].to(dtype), vecs, m, converged, res, (theta.min().item(), theta.max().item()), history, tri
+    )
 
 
 def power_iteration(
@@ -364,7 +381,9 @@ WARM_MIX = 1.0
 WARM_MIN_ITER = 16
 
 
-def guarded_start(v0: torch.Tensor, size: int, dtype, device, seed: int, mix: float = WARM_MIX) -> Optional[torch.Tensor]:
+def guarded_start(
+    v0: torch.Tensor, size: int, dtype, device, seed: int, mix: float = WARM_MIX
+) -> Optional[torch.Tensor]:
     """Start vector v0/|v0| + mix * r, r a seeded random unit vector orthogonal to v0 (None
     when v0 is zero or non-finite, i.e. a cold start).
 
@@ -400,8 +419,19 @@ def sharpness(
     a lower eigenvector cannot be accepted after one HVP.
     """
     start = guarded_start(v0, op.size, op.dtype, op.device, seed, warm_mix) if v0 is not None else None
-    r = lanczos(op, op.size, k=1, which="LM", tol=tol, max_iter=max_iter, v0=start, dtype=op.dtype, device=op.device,
-                seed=seed, min_iter=warm_min_iter if start is not None else 1)
+    r = lanczos(
+        op,
+        op.size,
+        k=1,
+        which="LM",
+        tol=tol,
+        max_iter=max_iter,
+        v0=start,
+        dtype=op.dtype,
+        device=op.device,
+        seed=seed,
+        min_iter=warm_min_iter if start is not None else 1,
+    )
     lo, hi = r.ritz_range
     return Sharpness(abs(float(r.eigenvalues[0])), hi, lo, r.eigenvectors[0], r.num_hvps, r.converged)
 

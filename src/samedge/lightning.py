@@ -17,6 +17,7 @@ step counter::
 
     trainer = pl.Trainer(callbacks=[EdgeMonitorCallback(nn.MSELoss(), (x, y), every=10)])
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
@@ -39,11 +40,23 @@ class EdgeMonitorCallback(pl.Callback):
     ``measure_at_start`` also measures before the first step (logged at step 0).
     """
 
-    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: Any, every: int = 10,
-                 prefix: str = "monitor/", optimizer_index: int = 0, measure_at_start: bool = False, **monitor_kwargs: Any):
+    def __init__(
+        self,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        data: Any,
+        every: int = 10,
+        prefix: str = "monitor/",
+        optimizer_index: int = 0,
+        measure_at_start: bool = False,
+        **monitor_kwargs: Any,
+    ):
         super().__init__()
         self.loss_fn, self.data, self.every, self.prefix = loss_fn, data, every, prefix
-        self.optimizer_index, self.measure_at_start, self.monitor_kwargs = optimizer_index, measure_at_start, monitor_kwargs
+        self.optimizer_index, self.measure_at_start, self.monitor_kwargs = (
+            optimizer_index,
+            measure_at_start,
+            monitor_kwargs,
+        )
         self.monitor: Optional[EdgeMonitor] = None
 
     @property
@@ -56,12 +69,15 @@ class EdgeMonitorCallback(pl.Callback):
         if not trainer.optimizers:
             raise ValueError("EdgeMonitorCallback needs an optimizer: configure_optimizers returned none")
         optimizer = trainer.optimizers[self.optimizer_index]
-        self.monitor = EdgeMonitor(pl_module, self.loss_fn, self.data, optimizer, every=self.every, **self.monitor_kwargs)
+        self.monitor = EdgeMonitor(
+            pl_module, self.loss_fn, self.data, optimizer, every=self.every, **self.monitor_kwargs
+        )
         if self.measure_at_start:
             self._log(trainer, self.monitor.measure())
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Count the step; every ``every`` steps measure and log."""
         row = self.monitor.step()
         if row is not None:

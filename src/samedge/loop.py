@@ -1,6 +1,7 @@
 """The training and measurement loop: SAM (or GD) for ``steps`` steps, measuring sharpness
 against the SAM-edge every ``measure_every`` steps (with ``samedge.monitor``, the measurement
 EdgeMonitor uses), checkpointing so that a killed run resumes exactly where it was."""
+
 from __future__ import annotations
 
 import json
@@ -99,13 +100,18 @@ def run(
         rundir.remove_temporaries(run_dir)
         if (run_dir / rundir.RECORD).exists():
             how = "resuming from its checkpoint" if (run_dir / CHECKPOINT).exists() else "recomputing it from step 0"
-            warnings.warn(f"{run_dir} holds record.csv but no summary.json: its final save was cut short; {how}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{run_dir} holds record.csv but no summary.json: its final save was cut short; {how}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         with pinned_precision(cfg.allow_tf32):
             return _run(cfg, run_dir, device, data_dir, progress, stop_after, on_damaged_checkpoint)
 
 
-def _load_checkpoint(ckpt: Path, device: str, keys, params, cfg: RunConfig, on_damaged: str) -> Optional[Dict[str, Any]]:
+def _load_checkpoint(
+    ckpt: Path, device: str, keys, params, cfg: RunConfig, on_damaged: str
+) -> Optional[Dict[str, Any]]:
     """The checkpoint's state, or None (start from step 0) when there is none, or it is damaged
     and ``on_damaged`` is 'restart' (it is kept as checkpoint.pt.damaged)."""
     if not ckpt.exists():
@@ -117,13 +123,24 @@ def _load_checkpoint(ckpt: Path, device: str, keys, params, cfg: RunConfig, on_d
             raise
         aside = ckpt.with_name(ckpt.name + ".damaged")
         os.replace(ckpt, aside)
-        warnings.warn(f"{ckpt} is damaged: {err.what}. Restarting the run from step 0 (a run is deterministic: "
-                      f"same record); the damaged file is kept as {aside}", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{ckpt} is damaged: {err.what}. Restarting the run from step 0 (a run is deterministic: "
+            f"same record); the damaged file is kept as {aside}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
-def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progress: bool,
-         stop_after: Optional[int], on_damaged_checkpoint: str) -> RunRecord:
+def _run(
+    cfg: RunConfig,
+    run_dir: Optional[Path],
+    device: str,
+    data_dir,
+    progress: bool,
+    stop_after: Optional[int],
+    on_damaged_checkpoint: str,
+) -> RunRecord:
     """The body of ``run``: train and measure, checkpointing into ``run_dir`` (locked by ``run``)."""
     env = environment(device)
     dtype = cfg.torch_dtype
@@ -133,7 +150,9 @@ def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progres
     params = parameters_of(model)
     gen = torch.Generator().manual_seed(cfg.seed)  # minibatch sampling only
     minibatch = task.eval_batch is not None
-    state: Dict[str, Any] = dict(step=0, rows=[], v=None, v_eval=None, v_ascent=None, train_seconds=0.0, measure_seconds=0.0)
+    state: Dict[str, Any] = dict(
+        step=0, rows=[], v=None, v_eval=None, v_ascent=None, train_seconds=0.0, measure_seconds=0.0
+    )
 
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
     saved = _load_checkpoint(ckpt, device, state, params, cfg, on_damaged_checkpoint) if ckpt is not None else None
@@ -157,8 +176,14 @@ def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progres
         # The HVP graph holds g = grad L(w_t): the SAM step reuses it instead of recomputing.
         point = prepare(loss_fn, params, cfg.hvp_method) if measuring else None
         tg = time.perf_counter()  # building the graph counts as measurement (conservatively)
-        st = sam_step(loss_fn, params, cfg.eta, cfg.rho, cfg.normalize,
-                      loss_and_grad=(point.loss, point.grad) if point is not None else None)
+        st = sam_step(
+            loss_fn,
+            params,
+            cfg.eta,
+            cfg.rho,
+            cfg.normalize,
+            loss_and_grad=(point.loss, point.grad) if point is not None else None,
+        )
         t1 = time.perf_counter()
         state["measure_seconds"] += tg - t0
         if t < cfg.steps:
@@ -172,9 +197,18 @@ def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progres
                 ex, ey = task.eval_batch
                 eval_point = prepare(module_loss(model, task.loss, ex, ey), params, cfg.hvp_method)
             row, warm = measure(
-                t, point, edge_of, cfg.eta, state, cfg.lanczos_tol, cfg.lanczos_max_iter, cfg.seed + t,
-                sam_grad=st.sam_grad, eval_point=eval_point,
-                ascent_params=st.ascent_params if cfg.measure_ascent else None, ascent_loss=loss_fn,
+                t,
+                point,
+                edge_of,
+                cfg.eta,
+                state,
+                cfg.lanczos_tol,
+                cfg.lanczos_max_iter,
+                cfg.seed + t,
+                sam_grad=st.sam_grad,
+                eval_point=eval_point,
+                ascent_params=st.ascent_params if cfg.measure_ascent else None,
+                ascent_loss=loss_fn,
             )
             point = eval_point = None  # frees the retained graphs
             state.update(warm)
@@ -191,7 +225,9 @@ def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progres
         state["step"] = t
         bar.update(1)
         if ckpt is not None and (t % every_ckpt == 0):
-            _save_checkpoint(ckpt, dict(params=params, generator=gen.get_state(), fingerprint=cfg.fingerprint(), **state))
+            _save_checkpoint(
+                ckpt, dict(params=params, generator=gen.get_state(), fingerprint=cfg.fingerprint(), **state)
+            )
         if stop_after is not None and t >= stop_after:
             bar.close()
             return RunRecord(cfg, state["rows"], {"complete": False, "stopped_at": t}, env)
@@ -200,8 +236,12 @@ def _run(cfg: RunConfig, run_dir: Optional[Path], device: str, data_dir, progres
     for k, p in params.items():  # the final weights, for the test metrics
         model.get_parameter(k).data.copy_(p)
     summary: Dict[str, Any] = dict(
-        complete=True, diverged=diverged_at is not None, diverged_at=diverged_at,
-        steps_done=t, train_seconds=state["train_seconds"], measure_seconds=state["measure_seconds"],
+        complete=True,
+        diverged=diverged_at is not None,
+        diverged_at=diverged_at,
+        steps_done=t,
+        train_seconds=state["train_seconds"],
+        measure_seconds=state["measure_seconds"],
         num_train=task.num_train,
     )
     if diverged_at is None:

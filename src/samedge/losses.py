@@ -6,6 +6,7 @@ Cohen et al. (2021) use 0.5 * sum over classes, mean over examples: L_Cohen = (C
 so with C = 10 classes their Hessian, and every sharpness they plot, is 5x ours.
 The edges 2/eta and the SAM-edge are drawn for *this* loss throughout the book.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -44,7 +45,10 @@ def parameters_of(model: torch.nn.Module) -> Params:
 
 
 def module_loss(
-    model: torch.nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
+    model: torch.nn.Module,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
 ) -> Callable[[Params], torch.Tensor]:
     """The loss closure params -> loss(model_params(inputs), targets) on one fixed batch."""
     buffers = dict(model.named_buffers())

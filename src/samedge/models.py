@@ -14,6 +14,7 @@ Initialisers (the authors' ``image_classification.py`` and ``transformer_model.p
 Attention is written out (no ``scaled_dot_product_attention``): PyTorch's fused CPU
 attention kernels have no double backward, and exact HVPs need one.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "CNN", "Transformer", "ChannelLayerNorm", "causal_mask", "glorot_init_", "truncated_normal_",
-           "TRUNCATED_STD"]
+__all__ = [
+    "MLP",
+    "CNN",
+    "Transformer",
+    "ChannelLayerNorm",
+    "causal_mask",
+    "glorot_init_",
+    "truncated_normal_",
+    "TRUNCATED_STD",
+]
 
 # Std of a standard normal truncated to [-2, 2]: the factor jax and haiku divide a variance-
 # scaling initialiser's scale by, so that the truncated draw has the intended std.
@@ -106,9 +115,14 @@ class CNN(nn.Module):
         num_classes: int = 10,
     ):
         super().__init__()
-        for name, v in dict(in_channels=in_channels, image_size=image_size, num_blocks=num_blocks,
-                            layers_per_block=layers_per_block, base_channels=base_channels,
-                            num_classes=num_classes).items():
+        for name, v in dict(
+            in_channels=in_channels,
+            image_size=image_size,
+            num_blocks=num_blocks,
+            layers_per_block=layers_per_block,
+            base_channels=base_channels,
+            num_classes=num_classes,
+        ).items():
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if image_size % (2**num_blocks):
@@ -167,7 +181,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(model_size), nn.LayerNorm(model_size)
         self.attn = CausalSelfAttention(model_size, num_heads, key_size)
-        self.mlp = nn.Sequential(nn.Linear(model_size, 4 * model_size), nn.GELU(approximate="tanh"), nn.Linear(4 * model_size, model_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(model_size, 4 * model_size), nn.GELU(approximate="tanh"), nn.Linear(4 * model_size, model_size)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One residual block."""
@@ -189,8 +205,14 @@ class Transformer(nn.Module):
         model_size: int = 128,
     ):
         super().__init__()
-        for name, v in dict(vocab_size=vocab_size, sequence_length=sequence_length, num_layers=num_layers,
-                            num_heads=num_heads, key_size=key_size, model_size=model_size).items():
+        for name, v in dict(
+            vocab_size=vocab_size,
+            sequence_length=sequence_length,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            key_size=key_size,
+            model_size=model_size,
+        ).items():
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.sequence_length = sequence_length

@@ -26,6 +26,7 @@ well defined); ``train_mode=True`` measures the train-mode loss instead (batch s
 differentiated through), and the running-statistics buffers the HVPs would update are put back.
 Either way the modules' train/eval flags, the parameters and every ``.grad`` are left as found.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,12 @@ class Point:
     grad: Params
 
 
-def prepare(loss_fns: LossFn | Sequence[LossFn], params: Params, method: HVPMethod = "double_backward",
-            weights: Optional[Sequence[float]] = None) -> Point:
+def prepare(
+    loss_fns: LossFn | Sequence[LossFn],
+    params: Params,
+    method: HVPMethod = "double_backward",
+    weights: Optional[Sequence[float]] = None,
+) -> Point:
     """The operator, loss and gradient at ``params``: for one closure with double backward the
     gradient comes from the graph the HVPs reuse (no extra backward); otherwise the weighted
     sum of each closure's ``torch.func`` gradient."""
@@ -138,9 +143,16 @@ def measure(
     sh = sharpness(train.op, v0=warm.get("v"), tol=tol, max_iter=max_iter, seed=seed)
     edge = edge_of(gn) if edge_of is not None else None
     row: Dict[str, Any] = {
-        STEP: step, TRAIN_LOSS: float(train.loss), GRAD_NORM: gn, OP_NORM: sh.op_norm, LAMBDA_MAX: sh.lambda_max,
-        LAMBDA_MIN: sh.lambda_min, EDGE: edge, GD_EDGE: gd_edge(lr) if lr is not None else None,
-        RATIO: _ratio(sh.op_norm, edge), ALIGN_GRAD: alignment(flatten(train.grad), sh.eigenvector),
+        STEP: step,
+        TRAIN_LOSS: float(train.loss),
+        GRAD_NORM: gn,
+        OP_NORM: sh.op_norm,
+        LAMBDA_MAX: sh.lambda_max,
+        LAMBDA_MIN: sh.lambda_min,
+        EDGE: edge,
+        GD_EDGE: gd_edge(lr) if lr is not None else None,
+        RATIO: _ratio(sh.op_norm, edge),
+        ALIGN_GRAD: alignment(flatten(train.grad), sh.eigenvector),
     }
     if sam_grad is not None:
         row[ALIGN_SAM_GRAD] = alignment(flatten(sam_grad), sh.eigenvector)
@@ -150,8 +162,14 @@ def measure(
         egn = float(norm(eval_point.grad))
         esh = sharpness(eval_point.op, v0=warm.get("v_eval"), tol=tol, max_iter=max_iter, seed=seed + 1)
         eedge = edge_of(egn) if edge_of is not None else None
-        values = {TRAIN_LOSS: float(eval_point.loss), GRAD_NORM: egn, OP_NORM: esh.op_norm, EDGE: eedge,
-                  RATIO: _ratio(esh.op_norm, eedge), HVPS: esh.num_hvps}
+        values = {
+            TRAIN_LOSS: float(eval_point.loss),
+            GRAD_NORM: egn,
+            OP_NORM: esh.op_norm,
+            EDGE: eedge,
+            RATIO: _ratio(esh.op_norm, eedge),
+            HVPS: esh.num_hvps,
+        }
         row.update({EVAL_OF[k]: v for k, v in values.items()})
         new["v_eval"] = esh.eigenvector
     if ascent_params is not None:
@@ -213,7 +231,9 @@ def edge_spec(optimizer: torch.optim.Optimizer) -> EdgeSpec:
     if isinstance(optimizer, SAM):
         base = optimizer.base_optimizer
         if type(base) is not torch.optim.SGD:
-            return EdgeSpec(None, reason=f"SAM over {type(base).__name__}: the SAM-edge is derived for SAM over plain SGD")
+            return EdgeSpec(
+                None, reason=f"SAM over {type(base).__name__}: the SAM-edge is derived for SAM over plain SGD"
+            )
         for key in ("rho", "adaptive", "normalize"):
             if not _common(groups, key)[1]:
                 return EdgeSpec(None, reason=f"param groups differ in {key!r}: one edge needs one update rule")
@@ -231,7 +251,9 @@ def edge_spec(optimizer: torch.optim.Optimizer) -> EdgeSpec:
             return EdgeSpec(None, reason=why)
         beta = float(groups[0].get("momentum", 0))
         return EdgeSpec("momentum" if beta > 0 else "gd", float(groups[0]["lr"]), beta=beta)
-    return EdgeSpec(None, reason=f"{type(optimizer).__name__}: edges are known for torch.optim.SGD and samedge.SAM only")
+    return EdgeSpec(
+        None, reason=f"{type(optimizer).__name__}: edges are known for torch.optim.SGD and samedge.SAM only"
+    )
 
 
 def _is_batch(data: Any) -> bool:
@@ -296,8 +318,11 @@ class EdgeMonitor:
     def _warn(self, spec: EdgeSpec) -> None:
         if spec.rule is None and spec.reason not in self._warned:
             self._warned.add(spec.reason)
-            warnings.warn(f"EdgeMonitor: no stability edge for this optimizer ({spec.reason}); "
-                          "edge and ratio are recorded as None", stacklevel=3)
+            warnings.warn(
+                f"EdgeMonitor: no stability edge for this optimizer ({spec.reason}); "
+                "edge and ratio are recorded as None",
+                stacklevel=3,
+            )
 
     def step(self) -> Optional[Dict[str, Any]]:
         """Count one optimizer step; measure and return the row every ``every`` steps, else None."""
@@ -357,10 +382,22 @@ class EdgeMonitor:
         eval_point = None
         if self.eval_data is not None:
             ex, ey = self.eval_data
-            eval_point = prepare(module_loss(self.model, self.loss_fn, ex.to(device), ey.to(device)), params, self.hvp_method)
+            eval_point = prepare(
+                module_loss(self.model, self.loss_fn, ex.to(device), ey.to(device)), params, self.hvp_method
+            )
         lr = float(self.optimizer.param_groups[0]["lr"]) if spec.rule is not None else None
-        row, self._warm = measure(self.t, train, spec.edge if spec.rule else None, lr, self._warm, self.tol,
-                                  self.max_iter, self.seed + self.t, sam_grad=sam_grad, eval_point=eval_point)
+        row, self._warm = measure(
+            self.t,
+            train,
+            spec.edge if spec.rule else None,
+            lr,
+            self._warm,
+            self.tol,
+            self.max_iter,
+            self.seed + self.t,
+            sam_grad=sam_grad,
+            eval_point=eval_point,
+        )
         return row
 
     def to_frame(self):
@@ -374,8 +411,11 @@ class EdgeMonitor:
         g = self.optimizer.param_groups[0]
         if isinstance(self.optimizer, SAM):
             kind = "SAM" if g.get("normalize", True) else "unnormalized SAM"
-            return f"{kind} rho={g['rho']:g}" + (f" over {type(self.optimizer.base_optimizer).__name__}"
-                                                  if type(self.optimizer.base_optimizer) is not torch.optim.SGD else "")
+            return f"{kind} rho={g['rho']:g}" + (
+                f" over {type(self.optimizer.base_optimizer).__name__}"
+                if type(self.optimizer.base_optimizer) is not torch.optim.SGD
+                else ""
+            )
         name = type(self.optimizer).__name__
         return name + (f" momentum={g['momentum']:g}" if g.get("momentum", 0) else "")
 
@@ -387,9 +427,16 @@ class EdgeMonitor:
         spec = edge_spec(self.optimizer)
         steps = max([1, self.t] + [r[STEP] for r in self.rows])
         cfg = RunConfig(
-            task="custom", eta=float(self.optimizer.param_groups[0]["lr"]), rho=spec.rho, steps=steps,
-            measure_every=min(self.every, steps), normalize=spec.rule != "usam", lanczos_tol=float(self.tol),
-            lanczos_max_iter=self.max_iter, hvp_method=self.hvp_method, seed=self.seed,
+            task="custom",
+            eta=float(self.optimizer.param_groups[0]["lr"]),
+            rho=spec.rho,
+            steps=steps,
+            measure_every=min(self.every, steps),
+            normalize=spec.rule != "usam",
+            lanczos_tol=float(self.tol),
+            lanczos_max_iter=self.max_iter,
+            hvp_method=self.hvp_method,
+            seed=self.seed,
             device=str(next(iter(self._params().values())).device),
             dtype=str(next(iter(self._params().values())).dtype).removeprefix("torch."),
         )
@@ -399,10 +446,19 @@ class EdgeMonitor:
             out.update({(TRAIN_LOSS if k == LOSS else k): v for k, v in r.items()})
             rows.append(out)
         train_seconds = self.rows[-1][TRAIN_SECONDS] if self.rows else 0.0
-        summary = dict(complete=True, diverged=False, diverged_at=None, steps_done=steps, label=label or self.label(),
-                       optimizer=type(self.optimizer).__name__, edge_rule=spec.rule, momentum=spec.beta,
-                       no_edge_reason=spec.reason or None, train_seconds=train_seconds,
-                       measure_seconds=self._seconds)
+        summary = dict(
+            complete=True,
+            diverged=False,
+            diverged_at=None,
+            steps_done=steps,
+            label=label or self.label(),
+            optimizer=type(self.optimizer).__name__,
+            edge_rule=spec.rule,
+            momentum=spec.beta,
+            no_edge_reason=spec.reason or None,
+            train_seconds=train_seconds,
+            measure_seconds=self._seconds,
+        )
         return RunRecord(cfg, rows, summary, {})
 
     def save(self, run_dir: str | os.PathLike, label: Optional[str] = None) -> Path:

@@ -5,6 +5,7 @@ gives relative errors of about 1e-3: the size of the Lanczos tolerance. Runs the
 float32 on CUDA unless ``allow_tf32`` is asked for, and every record stores the settings it ran
 with (``precision_settings``). On the CPU there is no TF32 and nothing changes.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -32,8 +33,13 @@ def pinned_precision(allow_tf32: bool = False) -> Iterator[Dict[str, Any]]:
     """Within the block: TF32 off for CUDA matmuls and cuDNN convolutions (on when
     ``allow_tf32``), cuDNN deterministic and not autotuned; the previous settings come back on
     exit, so the caller's process is left as it was. Yields ``precision_settings()``."""
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32

@@ -5,6 +5,7 @@ defaults to ``None``, meaning the environment variable ``SAMEDGE_PRESET``, else 
 Every other parameter left at ``None`` takes the preset's value; a value given explicitly
 (a notebook cell, ``papermill -p``, or the YAML itself with ``papermill -f``) wins.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -22,9 +23,21 @@ PRESET_ENV_VAR = "SAMEDGE_PRESET"
 PRESETS = ("smoke", "cpu", "paper")
 # Parameters every experiment notebook takes (the task adds its own sizes, e.g. width).
 COMMON = {
-    "preset": None, "eta": None, "rhos": None, "steps": None, "measure_every": None, "seed": 0,
-    "device": "auto", "data_dir": None, "results_dir": None, "batch_size": None, "normalize": True,
-    "measure_ascent": False, "lanczos_tol": 1e-3, "dtype": "float32", "checkpoint_every": None,
+    "preset": None,
+    "eta": None,
+    "rhos": None,
+    "steps": None,
+    "measure_every": None,
+    "seed": 0,
+    "device": "auto",
+    "data_dir": None,
+    "results_dir": None,
+    "batch_size": None,
+    "normalize": True,
+    "measure_ascent": False,
+    "lanczos_tol": 1e-3,
+    "dtype": "float32",
+    "checkpoint_every": None,
     "allow_tf32": False,
 }
 
@@ -90,9 +103,19 @@ def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
     """One RunConfig per rho (validated before anything runs)."""
     opts = {k: params[k] for k in get_task(task).defaults}
     common = dict(
-        task=task, eta=params["eta"], steps=params["steps"], measure_every=params["measure_every"], seed=params["seed"],
-        options=opts, normalize=params["normalize"], batch_size=params["batch_size"], device=params["device"],
-        dtype=params["dtype"], lanczos_tol=params["lanczos_tol"], measure_ascent=params["measure_ascent"],
-        checkpoint_every=params["checkpoint_every"], allow_tf32=params["allow_tf32"],
+        task=task,
+        eta=params["eta"],
+        steps=params["steps"],
+        measure_every=params["measure_every"],
+        seed=params["seed"],
+        options=opts,
+        normalize=params["normalize"],
+        batch_size=params["batch_size"],
+        device=params["device"],
+        dtype=params["dtype"],
+        lanczos_tol=params["lanczos_tol"],
+        measure_ascent=params["measure_ascent"],
+        checkpoint_every=params["checkpoint_every"],
+        allow_tf32=params["allow_tf32"],
     )
     return [RunConfig(rho=rho, **common) for rho in params["rhos"]]

@@ -19,6 +19,7 @@ answers are known in closed form.
 
 Everything is float64 on the CPU; a 2-D SAM step costs about a millisecond.
 """
+
 from __future__ import annotations
 
 import math
@@ -163,7 +164,9 @@ def top_component_factor(
     return float(after / before)
 
 
-def growth_map(lams: Sequence[float], grad_norms: Sequence[float], eta: float, rho: float, normalize: bool = True, **kw) -> np.ndarray:
+def growth_map(
+    lams: Sequence[float], grad_norms: Sequence[float], eta: float, rho: float, normalize: bool = True, **kw
+) -> np.ndarray:
     """``top_component_factor`` at every (lam, grad_norm): an array of shape ``(len(lams), len(grad_norms))``."""
     out = np.empty((len(lams), len(grad_norms)))
     for i, lam in enumerate(lams):
@@ -216,8 +219,15 @@ def run_sam(
         ev = torch.linalg.eigvalsh(dense_hessian(loss_fn, p))
         op = float(ev.abs().max())
         edge = edge_of(eta, rho, gn, normalize)
-        row = dict(step=t, loss=loss, grad_norm=gn, op_norm=op, lambda_max=float(ev.max()), edge=edge,
-                   ratio=op / edge if edge > 0 else math.inf)
+        row = dict(
+            step=t,
+            loss=loss,
+            grad_norm=gn,
+            op_norm=op,
+            lambda_max=float(ev.max()),
+            edge=edge,
+            ratio=op / edge if edge > 0 else math.inf,
+        )
         row.update({f"w{i}": float(x) for i, x in enumerate(flatten(p))})
         if components is not None:
             row.update({f"c{i}": float(x) for i, x in enumerate(components(p))})

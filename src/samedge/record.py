@@ -1,5 +1,6 @@
 """The record of one run: a tidy table (one row per measurement) plus its configuration,
 environment and summary, saved as ``record.csv``, ``config.json`` and ``summary.json``."""
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,21 @@ from .config import RunConfig
 from .precision import precision_settings
 from .rundir import CONFIG, RECORD, SUMMARY, DamagedRunError, atomic_write_text, check_fingerprint, damaged, read_config
 
-__all__ = ["RunRecord", "COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "ASCENT_COLUMNS", "EVAL_OF", "ASCENT_OF",
-           "SHARPNESS_AND_EDGE", "second_half", "environment", "atomic_write_text", "check_record", "DamagedRunError"]
+__all__ = [
+    "RunRecord",
+    "COLUMNS",
+    "TIMING_COLUMNS",
+    "EVAL_COLUMNS",
+    "ASCENT_COLUMNS",
+    "EVAL_OF",
+    "ASCENT_OF",
+    "SHARPNESS_AND_EDGE",
+    "second_half",
+    "environment",
+    "atomic_write_text",
+    "check_record",
+    "DamagedRunError",
+]
 
 # The record's column names, one constant each (analysis, plots, the loop and the monitor use these).
 STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM = "step", "train_loss", "grad_norm", "op_norm"
@@ -38,12 +52,31 @@ LOSS = "loss"
 # Every row has these, in this order; minibatch tasks add the eval_* columns (after CONVERGED),
 # and runs with measure_ascent the ascent_* ones.
 COLUMNS = [
-    STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM, LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE,
-    RATIO, ALIGN_GRAD, ALIGN_SAM_GRAD, HVPS, CONVERGED, TRAIN_SECONDS, MEASURE_SECONDS,
+    STEP,
+    TRAIN_LOSS,
+    GRAD_NORM,
+    OP_NORM,
+    LAMBDA_MAX,
+    LAMBDA_MIN,
+    EDGE,
+    GD_EDGE,
+    RATIO,
+    ALIGN_GRAD,
+    ALIGN_SAM_GRAD,
+    HVPS,
+    CONVERGED,
+    TRAIN_SECONDS,
+    MEASURE_SECONDS,
 ]
 # What a fixed evaluation batch records, and under which name (training column -> eval column).
-EVAL_OF = {TRAIN_LOSS: EVAL_LOSS, GRAD_NORM: EVAL_GRAD_NORM, OP_NORM: EVAL_OP_NORM, EDGE: EVAL_EDGE,
-           RATIO: EVAL_RATIO, HVPS: EVAL_HVPS}
+EVAL_OF = {
+    TRAIN_LOSS: EVAL_LOSS,
+    GRAD_NORM: EVAL_GRAD_NORM,
+    OP_NORM: EVAL_OP_NORM,
+    EDGE: EVAL_EDGE,
+    RATIO: EVAL_RATIO,
+    HVPS: EVAL_HVPS,
+}
 EVAL_COLUMNS = list(EVAL_OF.values())
 # What the measurement at the SAM ascent point w~ records.
 ASCENT_OF = {OP_NORM: ASCENT_OP_NORM, HVPS: ASCENT_HVPS}
@@ -62,11 +95,17 @@ def second_half(df: pd.DataFrame, steps: int) -> pd.DataFrame:
 def environment(device: str) -> Dict[str, Any]:
     """Versions and hardware, stored with every record."""
     import numpy
+
     from . import __version__
 
     env = {
-        "samedge": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": sys.version.split()[0],
-        "platform": platform.platform(), "device": device, "torch_threads": torch.get_num_threads(),
+        "samedge": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
     }
     env["precision"] = precision_settings()
     if device.startswith("cuda"):
@@ -122,8 +161,11 @@ class RunRecord:
             raise damaged(d / CONFIG, f"it holds an invalid configuration ({err})") from None
         lacking = sorted(set(cfg.to_dict()) - set(meta["config"]))
         if lacking:
-            raise damaged(d / CONFIG, f"it lacks the configuration fields {lacking}: it was written by another "
-                                      "version of samedge, so its record may not be this version's")
+            raise damaged(
+                d / CONFIG,
+                f"it lacks the configuration fields {lacking}: it was written by another "
+                "version of samedge, so its record may not be this version's",
+            )
         check_fingerprint(d, cfg.fingerprint())
         summary = _read_summary(d / SUMMARY)
         frame = _read_frame(d / RECORD)
@@ -145,8 +187,11 @@ NO_EDGE_COLUMNS = (EDGE, GD_EDGE, RATIO, ALIGN_SAM_GRAD)
 
 def _read_summary(path: Path) -> Dict[str, Any]:
     if not path.exists():
-        raise damaged(path, "it is missing, so the run did not finish (or its last write was cut short)",
-                      "run it again with samedge.loop.run to resume or recompute it")
+        raise damaged(
+            path,
+            "it is missing, so the run did not finish (or its last write was cut short)",
+            "run it again with samedge.loop.run to resume or recompute it",
+        )
     try:
         summary = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -191,7 +236,9 @@ def _first_bad(df: pd.DataFrame, column: str, bad: pd.Series) -> str:
     if not len(hits):
         return f"values of dtype {df[column].dtype}"
     i = hits[0]
-    v, step = (x.item() if hasattr(x, "item") else x for x in (df[column].iloc[i], df[STEP].iloc[i] if STEP in df else "?"))
+    v, step = (
+        x.item() if hasattr(x, "item") else x for x in (df[column].iloc[i], df[STEP].iloc[i] if STEP in df else "?")
+    )
     return f"{v!r} in row {i + 1} (step {step})"
 
 
@@ -236,12 +283,18 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
     missing, unknown = sorted(want - cols), sorted(cols - want)
     if missing or unknown:
         raise damaged(rec, f"its columns are wrong (missing {missing}, unknown {unknown})")
-    at_div = (frame[STEP] == div_at) if div and pd.api.types.is_numeric_dtype(frame[STEP]) else pd.Series(False, index=frame.index)
+    at_div = (
+        (frame[STEP] == div_at)
+        if div and pd.api.types.is_numeric_dtype(frame[STEP])
+        else pd.Series(False, index=frame.index)
+    )
     for c in frame.columns:
         s = frame[c]
         if c in BOOL_COLUMNS:
             if not pd.api.types.is_bool_dtype(s):
-                raise damaged(rec, f"column {c!r} must hold True/False, got {_first_bad(frame, c, ~s.isin([True, False]))}")
+                raise damaged(
+                    rec, f"column {c!r} must hold True/False, got {_first_bad(frame, c, ~s.isin([True, False]))}"
+                )
             continue
         if pd.api.types.is_bool_dtype(s):
             raise damaged(rec, f"column {c!r} must hold numbers, got True/False")
@@ -250,7 +303,9 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
         if nonnum.any():
             raise damaged(rec, f"column {c!r} must hold numbers, got {_first_bad(frame, c, nonnum)}")
         if c in INT_COLUMNS and not pd.api.types.is_integer_dtype(s):
-            raise damaged(rec, f"column {c!r} must hold integers, got {_first_bad(frame, c, (num != num.round()) | num.isna())}")
+            raise damaged(
+                rec, f"column {c!r} must hold integers, got {_first_bad(frame, c, (num != num.round()) | num.isna())}"
+            )
         if c in INT_COLUMNS and (s < 0).any():
             raise damaged(rec, f"column {c!r} must be >= 0, got {_first_bad(frame, c, s < 0)}")
         if c in FINITE_COLUMNS:
@@ -269,14 +324,18 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
     if custom:
         ok_ratio |= ratio.isna() & edge.isna()
     if not ok_ratio.all():
-        raise damaged(rec, f"column 'ratio' must be finite (or inf where edge is 0), got {_first_bad(frame, 'ratio', ~ok_ratio)}")
+        raise damaged(
+            rec, f"column 'ratio' must be finite (or inf where edge is 0), got {_first_bad(frame, 'ratio', ~ok_ratio)}"
+        )
     steps = frame[STEP].tolist()
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise damaged(rec, f"its steps are not strictly increasing ({steps[:8]}...)")
     if not custom and steps != expected and not (div and steps == expected[:-1] and expected[-1] == div_at):
         off = sorted(set(steps) - set(expected))
-        raise damaged(rec, f"its steps {steps[:8]}{'...' if len(steps) > 8 else ''} are not the schedule of "
-                           f"steps={cfg.steps}, measure_every={cfg.measure_every}"
-                           f"{', diverged at ' + str(div_at) if div else ''} (off-schedule {off[:5]}, "
-                           f"missing {sorted(set(expected) - set(steps))[:5]})")
-
+        raise damaged(
+            rec,
+            f"its steps {steps[:8]}{'...' if len(steps) > 8 else ''} are not the schedule of "
+            f"steps={cfg.steps}, measure_every={cfg.measure_every}"
+            f"{', diverged at ' + str(div_at) if div else ''} (off-schedule {off[:5]}, "
+            f"missing {sorted(set(expected) - set(steps))[:5]})",
+        )

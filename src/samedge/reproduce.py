@@ -11,6 +11,7 @@ and ``-p NAME=VALUE`` sets any other declared parameter (values are YAML: ``-p s
 the error), a ``summary.json`` in OUTDIR, and exit status 1 if any notebook failed, 2 for a
 usage error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,18 @@ def find_book_dir(start: Optional[os.PathLike] = None) -> Path:
     for c in candidates:
         if c.is_dir() and any(c.glob("*.ipynb")):
             return c
-    raise FileNotFoundError(f"no book directory with notebooks found (looked in {', '.join(map(str, candidates))}); pass --book-dir")
+    raise FileNotFoundError(
+        f"no book directory with notebooks found (looked in {', '.join(map(str, candidates))}); pass --book-dir"
+    )
 
 
 def _has_parameters_cell(path: Path) -> bool:
     nb = json.loads(path.read_text())
-    return any(PARAMETERS_TAG in (c.get("metadata", {}).get("tags") or []) for c in nb.get("cells", []) if c.get("cell_type") == "code")
+    return any(
+        PARAMETERS_TAG in (c.get("metadata", {}).get("tags") or [])
+        for c in nb.get("cells", [])
+        if c.get("cell_type") == "code"
+    )
 
 
 def discover(book_dir: os.PathLike) -> Dict[str, Path]:
@@ -64,8 +71,14 @@ def _first_line(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def run_notebook(path: Path, out_dir: Path, parameters: Dict[str, Any], cwd: Path, timeout: Optional[int] = None,
-                 prepare_only: bool = False) -> Dict[str, Any]:
+def run_notebook(
+    path: Path,
+    out_dir: Path,
+    parameters: Dict[str, Any],
+    cwd: Path,
+    timeout: Optional[int] = None,
+    prepare_only: bool = False,
+) -> Dict[str, Any]:
     """Execute one notebook with papermill (or only inject its parameters, ``prepare_only``);
     returns name, status, seconds, output path and error."""
     import papermill
@@ -75,13 +88,26 @@ def run_notebook(path: Path, out_dir: Path, parameters: Dict[str, Any], cwd: Pat
     status, error = "ok", None
     try:
         papermill.execute_notebook(
-            str(path), str(out), parameters=parameters, cwd=str(cwd), kernel_name="python3",
-            progress_bar=False, log_output=False, execution_timeout=timeout, prepare_only=prepare_only,
+            str(path),
+            str(out),
+            parameters=parameters,
+            cwd=str(cwd),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=timeout,
+            prepare_only=prepare_only,
         )
     except Exception as err:  # a failing cell (PapermillExecutionError), a dead kernel, a timeout
         status, error = "failed", _first_line(err)
-    return dict(name=path.stem, status=status, seconds=round(time.perf_counter() - t0, 2), output=str(out),
-                parameters={k: v for k, v in parameters.items()}, error=error)
+    return dict(
+        name=path.stem,
+        status=status,
+        seconds=round(time.perf_counter() - t0, 2),
+        output=str(out),
+        parameters={k: v for k, v in parameters.items()},
+        error=error,
+    )
 
 
 def _parse_param(text: str) -> tuple:
@@ -96,18 +122,36 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m samedge.reproduce",
         description="Execute every experiment notebook of the book (those with a 'parameters' cell) at one preset.",
     )
-    p.add_argument("--preset", default="smoke", help="preset name passed to every notebook that takes one (default: smoke)")
+    p.add_argument(
+        "--preset", default="smoke", help="preset name passed to every notebook that takes one (default: smoke)"
+    )
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:N]' (default: auto)")
-    p.add_argument("--out", type=Path, help="output directory: executed notebooks, results/ and summary.json (required unless --list)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output directory: executed notebooks, results/ and summary.json (required unless --list)",
+    )
     p.add_argument("--notebooks", nargs="+", metavar="NAME", help="only these notebooks (default: all)")
-    p.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
-                   help="another parameter for the notebooks that declare it (value parsed as YAML); repeatable")
-    p.add_argument("--book-dir", type=Path, help="directory of the notebooks (default: ./book, else the checkout's book/)")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=_parse_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="another parameter for the notebooks that declare it (value parsed as YAML); repeatable",
+    )
+    p.add_argument(
+        "--book-dir", type=Path, help="directory of the notebooks (default: ./book, else the checkout's book/)"
+    )
     p.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default: no limit)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
-    p.add_argument("--prepare-only", action="store_true",
-                   help="write the notebooks with their parameters injected, execute nothing (checks a command line)")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the notebooks with their parameters injected, execute nothing (checks a command line)",
+    )
     return p
 
 
@@ -147,7 +191,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     common = {"preset": args.preset, "device": args.device, "results_dir": str(results)}
 
-    print(f"samedge.reproduce: {len(names)} notebook(s) from {book}, preset {args.preset}, device {args.device}, into {out}", flush=True)
+    print(
+        f"samedge.reproduce: {len(names)} notebook(s) from {book}, preset {args.preset}, device {args.device}, into {out}",
+        flush=True,
+    )
     width = max(len(n) for n in names)
     records = []
     for i, name in enumerate(names, 1):
@@ -161,14 +208,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if rec["status"] != "ok" and args.fail_fast:
             break
     failed = [r["name"] for r in records if r["status"] != "ok"]
-    summary = dict(preset=args.preset, device=args.device, book_dir=str(book), results_dir=str(results),
-                   notebooks=records, failed=failed)
+    summary = dict(
+        preset=args.preset,
+        device=args.device,
+        book_dir=str(book),
+        results_dir=str(results),
+        notebooks=records,
+        failed=failed,
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     total = sum(r["seconds"] for r in records)
     skipped = len(names) - len(records)
-    print(f"{len(records) - len(failed)} ok, {len(failed)} failed"
-          + (f", {skipped} not run" if skipped else "") + f" in {total:.1f} s"
-          + (f": failed {', '.join(failed)}" if failed else ""), flush=True)
+    print(
+        f"{len(records) - len(failed)} ok, {len(failed)} failed"
+        + (f", {skipped} not run" if skipped else "")
+        + f" in {total:.1f} s"
+        + (f": failed {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     return 1 if failed or skipped else 0
 
 

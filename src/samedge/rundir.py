@@ -4,6 +4,7 @@ survive a full disk, checkpoint reading that refuses damaged files, and the one-
 A run directory holds ``config.json`` (written when the run starts), ``checkpoint.pt`` (while
 it runs), ``record.csv`` and then ``summary.json`` (written last: its presence marks a finished
 run) and the lock file ``.lock``. What the record must contain is checked in ``record``."""
+
 from __future__ import annotations
 
 import errno
@@ -21,9 +22,25 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 import torch
 
 __all__ = [
-    "RunDirError", "DamagedRunError", "RunDirBusyError", "RunDirWriteError", "CONFIG", "RECORD", "SUMMARY",
-    "CHECKPOINT", "LOCK", "RunLock", "damaged", "atomic_write_text", "atomic_write_bytes", "save_checkpoint",
-    "load_checkpoint", "prepare_run_dir", "read_config", "check_fingerprint", "remove_temporaries",
+    "RunDirError",
+    "DamagedRunError",
+    "RunDirBusyError",
+    "RunDirWriteError",
+    "CONFIG",
+    "RECORD",
+    "SUMMARY",
+    "CHECKPOINT",
+    "LOCK",
+    "RunLock",
+    "damaged",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "save_checkpoint",
+    "load_checkpoint",
+    "prepare_run_dir",
+    "read_config",
+    "check_fingerprint",
+    "remove_temporaries",
 ]
 
 CONFIG, RECORD, SUMMARY, CHECKPOINT, LOCK = "config.json", "record.csv", "summary.json", "checkpoint.pt", ".lock"
@@ -61,11 +78,15 @@ def damaged(path: Path, what: str, fix: Optional[str] = None) -> DamagedRunError
 
 def _write_error(path: Path, err: OSError) -> RunDirWriteError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        how = (f"the disk holding {path.parent} is full ({err.strerror}); free space there (or point the "
-               "results directory elsewhere) and run again: the run resumes from its last checkpoint")
+        how = (
+            f"the disk holding {path.parent} is full ({err.strerror}); free space there (or point the "
+            "results directory elsewhere) and run again: the run resumes from its last checkpoint"
+        )
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        how = (f"{path.parent} is not writable ({err.strerror}); make it writable or choose another results "
-               "directory (finished runs can be read from a read-only directory)")
+        how = (
+            f"{path.parent} is not writable ({err.strerror}); make it writable or choose another results "
+            "directory (finished runs can be read from a read-only directory)"
+        )
     else:
         how = f"{err.strerror or err}; check the directory {path.parent}"
     return RunDirWriteError(f"could not write {path}: {how}. Files saved before are unchanged.")
@@ -108,8 +129,9 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load_checkpoint(path: Path, device: str, keys: Iterable[str], like: Mapping[str, torch.Tensor],
-                    fingerprint: str) -> Dict[str, Any]:
+def load_checkpoint(
+    path: Path, device: str, keys: Iterable[str], like: Mapping[str, torch.Tensor], fingerprint: str
+) -> Dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint`` for the configuration ``fingerprint``:
     exactly ``keys`` plus 'fingerprint', 'params' shaped like ``like`` and a 'generator' state.
     Anything else (truncated or garbage bytes, other keys, another run's checkpoint) raises
@@ -127,14 +149,25 @@ def load_checkpoint(path: Path, device: str, keys: Iterable[str], like: Mapping[
     want = set(keys) | {"fingerprint", "params", "generator"}
     if set(saved) != want:
         missing, extra = sorted(want - set(saved)), sorted(set(saved) - want)
-        raise damaged(path, f"its keys are wrong (missing {missing}, unexpected {extra}); it was written by "
-                            "another version of samedge or by another program", fix)
+        raise damaged(
+            path,
+            f"its keys are wrong (missing {missing}, unexpected {extra}); it was written by "
+            "another version of samedge or by another program",
+            fix,
+        )
     if saved.pop("fingerprint") != fingerprint:
         raise damaged(path, f"it belongs to another configuration (fingerprint not {fingerprint})", fix)
     params, gen = saved["params"], saved["generator"]
-    if not isinstance(params, dict) or set(params) != set(like) or any(
-            not isinstance(params[k], torch.Tensor) or params[k].shape != like[k].shape or params[k].dtype != like[k].dtype
-            for k in like):
+    if (
+        not isinstance(params, dict)
+        or set(params) != set(like)
+        or any(
+            not isinstance(params[k], torch.Tensor)
+            or params[k].shape != like[k].shape
+            or params[k].dtype != like[k].dtype
+            for k in like
+        )
+    ):
         raise damaged(path, "its parameters do not match the model's names, shapes and dtypes", fix)
     if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8:
         raise damaged(path, "its random generator state is not a byte tensor", fix)
@@ -152,8 +185,10 @@ def prepare_run_dir(run_dir: Path) -> None:
         if p.exists():
             if not p.is_dir():
                 what = "the run directory" if p == run_dir else f"a parent of the run directory {run_dir}"
-                raise RunDirError(f"{p} is a file, not a directory, but it is {what}; move or delete that file, "
-                                  "or choose another results directory")
+                raise RunDirError(
+                    f"{p} is a file, not a directory, but it is {what}; move or delete that file, "
+                    "or choose another results directory"
+                )
             return
 
 
@@ -184,11 +219,16 @@ def check_fingerprint(run_dir: Path, fingerprint: str) -> None:
     if not m or m.group(1) == fingerprint:
         return
     if (run_dir / CONFIG).exists():
-        raise damaged(run_dir / CONFIG, f"the directory name says configuration {m.group(1)} but the configuration "
-                                        f"has fingerprint {fingerprint} (a renamed directory or a replaced config.json)")
-    raise RunDirError(f"{run_dir} is named for configuration {m.group(1)}, but this run's configuration has "
-                      f"fingerprint {fingerprint}: name the directory RunConfig.run_name() (or use a name that does "
-                      "not end in -<10 hex digits>)")
+        raise damaged(
+            run_dir / CONFIG,
+            f"the directory name says configuration {m.group(1)} but the configuration "
+            f"has fingerprint {fingerprint} (a renamed directory or a replaced config.json)",
+        )
+    raise RunDirError(
+        f"{run_dir} is named for configuration {m.group(1)}, but this run's configuration has "
+        f"fingerprint {fingerprint}: name the directory RunConfig.run_name() (or use a name that does "
+        "not end in -<10 hex digits>)"
+    )
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -238,8 +278,12 @@ class RunLock:
                     raise self._busy(holder) from None
                 time.sleep(self.poll)
             except OSError as err:  # a filesystem without flock (some network mounts)
-                warnings.warn(f"cannot lock {self.path} ({err.strerror}); two writers on this run directory "
-                              "would not be excluded", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"cannot lock {self.path} ({err.strerror}); two writers on this run directory "
+                    "would not be excluded",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 break
         try:  # who holds it, for the busy message; best effort (a full disk fails the run's next write anyway)
             f.seek(0)
@@ -256,7 +300,8 @@ class RunLock:
         waited = f" after waiting {self.timeout:g} s" if self.timeout > 0 else ""
         return RunDirBusyError(
             f"{self.path.parent} is being written by another process{who}{waited}; wait for it to finish "
-            "(then this run reloads its record), stop it, or pass lock_timeout=<seconds> to wait")
+            "(then this run reloads its record), stop it, or pass lock_timeout=<seconds> to wait"
+        )
 
     def __exit__(self, *exc) -> None:
         f, self._file = self._file, None

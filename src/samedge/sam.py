@@ -4,6 +4,7 @@ Normalized SAM (the paper's):   w~ = w + rho g/||g||,   w <- w - eta grad L(w~)
 Unnormalized SAM:               w~ = w + rho g,         w <- w - eta grad L(w~)
 with g = grad L(w) and both gradients on the same batch; rho = 0 is plain gradient descent.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,7 +52,11 @@ def ascent_point(params: Params, grad: Params, rho: float, normalize: bool = Tru
 
 
 def sam_step(
-    loss_fn: LossFn, params: Params, eta: float, rho: float, normalize: bool = True,
+    loss_fn: LossFn,
+    params: Params,
+    eta: float,
+    rho: float,
+    normalize: bool = True,
     loss_and_grad: Optional[tuple] = None,
 ) -> SAMStep:
     """One SAM step (GD when rho = 0); ``loss_fn`` closes over the batch, so both gradients share it.
@@ -92,14 +97,23 @@ class SAM(torch.optim.Optimizer):
     ``torch.optim.SGD`` without momentum this is the paper's SAM, ``sam_step``.
     """
 
-    def __init__(self, params: Iterable, base_optimizer: Callable[..., torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, normalize: bool = True, **kwargs):
+    def __init__(
+        self,
+        params: Iterable,
+        base_optimizer: Callable[..., torch.optim.Optimizer],
+        rho: float = 0.05,
+        adaptive: bool = False,
+        normalize: bool = True,
+        **kwargs,
+    ):
         if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 <= rho < float("inf")):
             raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
         if "lr" in kwargs and not (isinstance(kwargs["lr"], (int, float)) and 0 < kwargs["lr"] < float("inf")):
             raise ValueError(f"lr must be a finite number > 0, got {kwargs['lr']!r}")
         if not callable(base_optimizer):
-            raise TypeError(f"base_optimizer must be an optimizer class such as torch.optim.SGD, got {base_optimizer!r}")
+            raise TypeError(
+                f"base_optimizer must be an optimizer class such as torch.optim.SGD, got {base_optimizer!r}"
+            )
         super().__init__(params, dict(rho=rho, adaptive=adaptive, normalize=normalize, **kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
@@ -110,10 +124,16 @@ class SAM(torch.optim.Optimizer):
     def _grad_norm(self) -> torch.Tensor:
         """||g|| over every parameter with a gradient (|w| g for adaptive groups), on one device."""
         device = self.param_groups[0]["params"][0].device
-        norms = [((p.abs() if g["adaptive"] else 1.0) * p.grad).norm(p=2).to(device)
-                 for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms = [
+            ((p.abs() if g["adaptive"] else 1.0) * p.grad).norm(p=2).to(device)
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None
+        ]
         if not norms:
-            raise ValueError("no parameter has a gradient: call loss.backward() at w before first_step() / step(closure)")
+            raise ValueError(
+                "no parameter has a gradient: call loss.backward() at w before first_step() / step(closure)"
+            )
         return torch.linalg.vector_norm(torch.stack(norms))
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ what is missing. Executors (all submitit's):
 - ``debug``: in this process, one run after another (submitit's debug executor, which opens
   pdb on an error).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,16 +42,36 @@ from .record import RunRecord
 from .tasks import get_task
 
 __all__ = [
-    "EXECUTORS", "PlannedRun", "Outcome", "SweepResult", "SweepError", "RunJob", "parse_value", "parse_grid",
-    "check_grid", "plan", "job_device", "slurm_parameters", "make_executor", "slurm_script", "SweepRunner",
-    "default_folder", "local_gpus",
-    "execute", "sweep",
+    "EXECUTORS",
+    "PlannedRun",
+    "Outcome",
+    "SweepResult",
+    "SweepError",
+    "RunJob",
+    "parse_value",
+    "parse_grid",
+    "check_grid",
+    "plan",
+    "job_device",
+    "slurm_parameters",
+    "make_executor",
+    "slurm_script",
+    "SweepRunner",
+    "default_folder",
+    "local_gpus",
+    "execute",
+    "sweep",
 ]
 
 EXECUTORS = ("local", "slurm", "debug")
 # Notebook parameters a grid may not vary: where the runs go, and the seed (use ``seeds``).
-NOT_IN_GRID = {"preset": "choose the preset with preset=", "results_dir": "use results_dir=", "data_dir": "use -p data_dir=",
-               "seed": "use seeds=[...] (--seeds on the command line)", "device": "use device= (--device)"}
+NOT_IN_GRID = {
+    "preset": "choose the preset with preset=",
+    "results_dir": "use results_dir=",
+    "data_dir": "use -p data_dir=",
+    "seed": "use seeds=[...] (--seeds on the command line)",
+    "device": "use device= (--device)",
+}
 # Where submitit's per-attempt folders (sbatch scripts, pickles, logs) go, under the results root.
 SUBMITIT_DIR = "submitit"
 
@@ -97,7 +118,9 @@ def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
                 if not key:
                     raise ConfigError(f"grid {spec!r}: a parameter name is missing before '='; write NAME=V1,V2")
                 if key in grid:
-                    raise ConfigError(f"grid parameter {key!r} is given twice; give all its values once: {key}=V1,V2,...")
+                    raise ConfigError(
+                        f"grid parameter {key!r} is given twice; give all its values once: {key}=V1,V2,..."
+                    )
                 grid[key] = []
             elif key is None:
                 raise ConfigError(f"grid {spec!r} must start with NAME=, e.g. eta=0.1,0.2")
@@ -124,7 +147,9 @@ def _normalize_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     return p
 
 
-def check_grid(task: str, grid: Mapping[str, Sequence[Any]], params: Optional[Mapping[str, Any]] = None) -> Dict[str, List[Any]]:
+def check_grid(
+    task: str, grid: Mapping[str, Sequence[Any]], params: Optional[Mapping[str, Any]] = None
+) -> Dict[str, List[Any]]:
     """The grid with ``rhos`` spelled ``rho``; unknown, empty, repeated or doubly-set parameters are errors."""
     allowed = _allowed(task)
     given = _normalize_params(params)
@@ -147,7 +172,9 @@ def check_grid(task: str, grid: Mapping[str, Sequence[Any]], params: Optional[Ma
                 raise ConfigError(f"grid parameter {key!r} lists the value {v!r} twice")
             seen.append(v)
         if (name == "rho" and "rhos" in given) or name in given:
-            raise ConfigError(f"{name!r} is set both as a parameter ({given.get(name, given.get('rhos'))!r}) and by the grid; drop one")
+            raise ConfigError(
+                f"{name!r} is set both as a parameter ({given.get(name, given.get('rhos'))!r}) and by the grid; drop one"
+            )
         out[name] = values
     return out
 
@@ -189,9 +216,15 @@ def _describe(point: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in point.items())
 
 
-def plan(task: str, preset: Optional[str] = None, grid: Optional[Mapping[str, Sequence[Any]]] = None,
-         seeds: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None,
-         results_dir: Optional[str | os.PathLike] = None, device: str = "cpu") -> List[PlannedRun]:
+def plan(
+    task: str,
+    preset: Optional[str] = None,
+    grid: Optional[Mapping[str, Sequence[Any]]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    params: Optional[Mapping[str, Any]] = None,
+    results_dir: Optional[str | os.PathLike] = None,
+    device: str = "cpu",
+) -> List[PlannedRun]:
     """Every run of the sweep, each configuration validated; nothing is written or submitted.
 
     The runs are the product of the grid's values and the seeds over the preset's parameters
@@ -224,7 +257,9 @@ def plan(task: str, preset: Optional[str] = None, grid: Optional[Mapping[str, Se
         for seed in seeds if seeds is not None else [None]:
             where = _describe({**point, **({"seed": seed} if seed is not None else {})})
             try:
-                resolved = resolve_params(task, preset, **{**p, "device": "cpu", **({} if seed is None else {"seed": seed})})
+                resolved = resolve_params(
+                    task, preset, **{**p, "device": "cpu", **({} if seed is None else {"seed": seed})}
+                )
                 configs = [replace(c, device=device) if c.device != device else c for c in run_configs(task, resolved)]
             except ValueError as err:  # ConfigError, or a task's own ValueError
                 raise ConfigError(f"grid point {where}: {err}" if where else str(err)) from None
@@ -254,8 +289,12 @@ class RunJob:
             resumed_from = int(torch.load(ckpt, weights_only=True, map_location="cpu")["step"])
             print(f"resuming {run_dir} from step {resumed_from}", flush=True)
         record = run(cfg, run_dir, data_dir=data_dir, progress=False)
-        return dict(run_dir=str(run_dir), resumed_from=resumed_from, median_ratio=record.median_ratio(),
-                    complete=bool(record.summary.get("complete")))
+        return dict(
+            run_dir=str(run_dir),
+            resumed_from=resumed_from,
+            median_ratio=record.median_ratio(),
+            complete=bool(record.summary.get("complete")),
+        )
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue with the same arguments (submitit calls this on preemption / time-out)."""
@@ -264,9 +303,14 @@ class RunJob:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def slurm_parameters(partition: Optional[str] = None, time_min: Optional[int] = None, gpus: Optional[int] = None,
-                     options: Optional[Mapping[str, Any]] = None, config_file: Optional[str | os.PathLike] = None,
-                     max_parallel: Optional[int] = None) -> Dict[str, Any]:
+def slurm_parameters(
+    partition: Optional[str] = None,
+    time_min: Optional[int] = None,
+    gpus: Optional[int] = None,
+    options: Optional[Mapping[str, Any]] = None,
+    config_file: Optional[str | os.PathLike] = None,
+    max_parallel: Optional[int] = None,
+) -> Dict[str, Any]:
     """Parameters of ``submitit.SlurmExecutor.update_parameters``, from a YAML file and the
     command line (which wins). Keys submitit knows (``qos``, ``account``, ``mem``,
     ``cpus_per_task``, ``constraint``, ``setup``, ...) go as they are; any other key becomes an
@@ -288,7 +332,12 @@ def slurm_parameters(partition: Optional[str] = None, time_min: Optional[int] = 
     for alias, name in (("gpus", "gpus_per_node"), ("time_min", "time"), ("timeout_min", "time")):
         if alias in merged:
             merged[name] = merged.pop(alias)
-    for name, value in (("partition", partition), ("time", time_min), ("gpus_per_node", gpus), ("array_parallelism", max_parallel)):
+    for name, value in (
+        ("partition", partition),
+        ("time", time_min),
+        ("gpus_per_node", gpus),
+        ("array_parallelism", max_parallel),
+    ):
         if value is not None:
             merged[name] = value
     extra = dict(merged.pop("additional_parameters", None) or {})
@@ -302,8 +351,12 @@ def slurm_parameters(partition: Optional[str] = None, time_min: Optional[int] = 
             extra[k] = v
     for name in ("time", "gpus_per_node", "array_parallelism", "cpus_per_task", "nodes"):
         v = out.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1)):
-            raise ConfigError(f"SLURM parameter {name} must be a {'non-negative' if name == 'gpus_per_node' else 'positive'} integer, got {v!r}")
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1)
+        ):
+            raise ConfigError(
+                f"SLURM parameter {name} must be a {'non-negative' if name == 'gpus_per_node' else 'positive'} integer, got {v!r}"
+            )
     out.setdefault("time", 60)
     if extra:
         out["additional_parameters"] = extra
@@ -322,8 +375,13 @@ def default_folder(runs: Sequence[PlannedRun]) -> Path:
     raise AssertionError("unreachable")
 
 
-def make_executor(kind: str, folder: str | os.PathLike, timeout_min: int = 24 * 60, slurm: Optional[Mapping[str, Any]] = None,
-                  gpus: int = 0):
+def make_executor(
+    kind: str,
+    folder: str | os.PathLike,
+    timeout_min: int = 24 * 60,
+    slurm: Optional[Mapping[str, Any]] = None,
+    gpus: int = 0,
+):
     """A submitit executor writing into ``folder``: ``local`` (subprocesses, ``gpus`` visible to
     each; 0 hides every GPU, as submitit does), ``slurm`` (``slurm_parameters``) or ``debug``."""
     import submitit
@@ -338,14 +396,18 @@ def make_executor(kind: str, folder: str | os.PathLike, timeout_min: int = 24 * 
         try:
             ex = submitit.SlurmExecutor(folder=folder)
         except RuntimeError as err:
-            raise ConfigError(f"the slurm executor needs SLURM here ({err}); run the sweep on the cluster's login node, "
-                              "or add --dry-run to print the sbatch script without submitting") from None
+            raise ConfigError(
+                f"the slurm executor needs SLURM here ({err}); run the sweep on the cluster's login node, "
+                "or add --dry-run to print the sbatch script without submitting"
+            ) from None
         ex.update_parameters(**dict(slurm or {}))
         return ex
     raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {kind!r}")
 
 
-def slurm_script(folder: str | os.PathLike, slurm: Mapping[str, Any], num_jobs: int, python: Optional[str] = None) -> str:
+def slurm_script(
+    folder: str | os.PathLike, slurm: Mapping[str, Any], num_jobs: int, python: Optional[str] = None
+) -> str:
     """The sbatch script submitit would submit for a job array of ``num_jobs`` runs, without
     SLURM: submitit's own ``SlurmExecutor`` parameter check and ``_make_submission_file_text``,
     on an executor built without its check that ``srun`` exists."""
@@ -403,8 +465,10 @@ class SweepResult:
             for log in o.logs:
                 lines.append(f"  log: {log}")
         if self.failed:
-            lines.append(f"{len(self.failed)} of {len(self.outcomes)} runs failed; run the same sweep again to compute only "
-                         "the missing and unfinished runs (unfinished ones resume from their checkpoint).")
+            lines.append(
+                f"{len(self.failed)} of {len(self.outcomes)} runs failed; run the same sweep again to compute only "
+                "the missing and unfinished runs (unfinished ones resume from their checkpoint)."
+            )
         return "\n".join(lines)
 
 
@@ -424,11 +488,18 @@ class SweepRunner:
     no limit of its own); a SLURM executor gets one job array (its ``array_parallelism`` is the
     limit). ``start`` and ``poll`` let a caller act on the jobs while they run; ``wait`` does both."""
 
-    def __init__(self, runs: Sequence[PlannedRun], executor, max_parallel: Optional[int] = None,
-                 job: Optional[Callable[..., Any]] = None):
+    def __init__(
+        self,
+        runs: Sequence[PlannedRun],
+        executor,
+        max_parallel: Optional[int] = None,
+        job: Optional[Callable[..., Any]] = None,
+    ):
         import submitit
 
-        if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1):
+        if max_parallel is not None and (
+            isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+        ):
             raise ConfigError(f"max_parallel must be a positive integer, got {max_parallel!r}")
         self.runs = list(runs)
         self.executor = executor
@@ -476,7 +547,9 @@ class SweepRunner:
         try:
             if not debug and isinstance(job, submitit.LocalJob) and not job.paths.result_pickle.exists():
                 # A local job that left no result was killed or cancelled; waiting for one is useless.
-                err: Optional[str] = f"the job ended without a result (state {job.state}): killed, cancelled or timed out"
+                err: Optional[str] = (
+                    f"the job ended without a result (state {job.state}): killed, cancelled or timed out"
+                )
             else:
                 exc = job.exception()
                 err = None if exc is None else _error_line(exc)
@@ -531,7 +604,11 @@ class SweepRunner:
                     bar.set_postfix(failed=failed, refresh=False)
                     if progress:
                         tail = "" if o.status == "done" else f" FAILED: {o.error}"
-                        bar.write(f"[{self.done_count}/{len(self.runs)}] {o.run.name}" + (" (resumed)" if o.resumed_from else "") + tail)
+                        bar.write(
+                            f"[{self.done_count}/{len(self.runs)}] {o.run.name}"
+                            + (" (resumed)" if o.resumed_from else "")
+                            + tail
+                        )
                 if not self.active:
                     break
                 time.sleep(poll_s)
@@ -540,9 +617,18 @@ class SweepRunner:
         return SweepResult([self.outcomes[r.run_dir] for r in self.runs], Path(self.executor.folder))
 
 
-def execute(runs: Sequence[PlannedRun], executor: str = "local", max_parallel: Optional[int] = None,
-            folder: Optional[str | os.PathLike] = None, timeout_min: int = 24 * 60, slurm: Optional[Mapping[str, Any]] = None,
-            gpus: int = 0, progress: bool = True, poll_s: float = 1.0, job: Optional[Callable[..., Any]] = None) -> SweepResult:
+def execute(
+    runs: Sequence[PlannedRun],
+    executor: str = "local",
+    max_parallel: Optional[int] = None,
+    folder: Optional[str | os.PathLike] = None,
+    timeout_min: int = 24 * 60,
+    slurm: Optional[Mapping[str, Any]] = None,
+    gpus: int = 0,
+    progress: bool = True,
+    poll_s: float = 1.0,
+    job: Optional[Callable[..., Any]] = None,
+) -> SweepResult:
     """Run the unfinished ones of ``runs`` through a submitit executor; finished ones are reloaded.
 
     ``folder``: where submitit's files go (default: ``<results root>/submitit/<UTC time>``)."""
@@ -561,11 +647,23 @@ def execute(runs: Sequence[PlannedRun], executor: str = "local", max_parallel: O
     return runner.wait(progress=progress, poll_s=poll_s, desc=f"sweep {runs[0].config.task}")
 
 
-def sweep(task: str, preset: Optional[str] = None, grid: Optional[Mapping[str, Sequence[Any]]] = None,
-          seeds: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None, *, executor: str = "local",
-          max_parallel: Optional[int] = None, results_dir: Optional[str | os.PathLike] = None, device: str = "auto",
-          slurm: Optional[Mapping[str, Any]] = None, timeout_min: int = 24 * 60, folder: Optional[str | os.PathLike] = None,
-          progress: bool = True, poll_s: float = 1.0) -> List[RunRecord]:
+def sweep(
+    task: str,
+    preset: Optional[str] = None,
+    grid: Optional[Mapping[str, Sequence[Any]]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    params: Optional[Mapping[str, Any]] = None,
+    *,
+    executor: str = "local",
+    max_parallel: Optional[int] = None,
+    results_dir: Optional[str | os.PathLike] = None,
+    device: str = "auto",
+    slurm: Optional[Mapping[str, Any]] = None,
+    timeout_min: int = 24 * 60,
+    folder: Optional[str | os.PathLike] = None,
+    progress: bool = True,
+    poll_s: float = 1.0,
+) -> List[RunRecord]:
     """Plan (validating every configuration), run the missing runs through submitit, and return
     every run's record in the plan's order; raises ``SweepError`` naming the failed runs.
 

@@ -1,5 +1,6 @@
 """The experiments' tasks: data, model and loss behind one small interface, so the run loop
 is task-agnostic. Each task validates its own options (sizes) before anything is loaded."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,17 @@ from torch import nn
 from .losses import masked_cross_entropy, squared_loss
 from .models import CNN, MLP, Transformer
 
-__all__ = ["Task", "TaskInstance", "get_task", "register_task", "TASKS", "MNISTTask", "CIFAR10Task", "ShakespeareTask",
-           "CustomTask"]
+__all__ = [
+    "Task",
+    "TaskInstance",
+    "get_task",
+    "register_task",
+    "TASKS",
+    "MNISTTask",
+    "CIFAR10Task",
+    "ShakespeareTask",
+    "CustomTask",
+]
 
 Batch = tuple  # (inputs, targets)
 
@@ -54,8 +64,14 @@ class Task:
         self.validate(options)
         return {**self.defaults, **options}
 
-    def build(self, options: dict, batch_size: Optional[int], device: str, dtype: torch.dtype,
-              data_dir: Optional[str | os.PathLike]) -> TaskInstance:
+    def build(
+        self,
+        options: dict,
+        batch_size: Optional[int],
+        device: str,
+        dtype: torch.dtype,
+        data_dir: Optional[str | os.PathLike],
+    ) -> TaskInstance:
         """Load the data and make the model (seeded by the caller)."""
         raise NotImplementedError
 
@@ -73,7 +89,9 @@ def classification_evaluator(test_x: torch.Tensor, test_y: torch.Tensor, labels:
     return evaluate
 
 
-def subset_sampler(x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int]) -> Callable[[int, torch.Generator], Batch]:
+def subset_sampler(
+    x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int]
+) -> Callable[[int, torch.Generator], Batch]:
     """Full batch when ``batch_size`` is None or covers the data, else a fresh random subset per step."""
     n = len(x)
     if batch_size is None or batch_size >= n:
@@ -86,8 +104,9 @@ def subset_sampler(x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int]) 
     return sample
 
 
-def squared_loss_classification(model: nn.Module, train, test, batch_size: Optional[int], device: str,
-                                 dtype: torch.dtype) -> TaskInstance:
+def squared_loss_classification(
+    model: nn.Module, train, test, batch_size: Optional[int], device: str, dtype: torch.dtype
+) -> TaskInstance:
     """An image-classification task as the paper sets it up: squared loss on one-hot targets,
     full batch or random minibatches, test loss and accuracy at the end."""
     train, test = train.to(device, dtype), test.to(device, dtype)
@@ -110,7 +129,9 @@ class MNISTTask(Task):
         """Also check the sizes MNIST can supply."""
         super().validate(options)
         if options.get("n_train", 1) > 60000 or options.get("n_test", 1) > 10000:
-            raise ValueError(f"MNIST has 60000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}")
+            raise ValueError(
+                f"MNIST has 60000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}"
+            )
 
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load MNIST (see ``samedge.data.load_mnist``) and make the MLP."""
@@ -132,9 +153,13 @@ class CIFAR10Task(Task):
         """Also check the sizes CIFAR-10 can supply and that the image survives the pooling."""
         super().validate(options)
         if options.get("n_train", 1) > 50000 or options.get("n_test", 1) > 10000:
-            raise ValueError(f"CIFAR-10 has 50000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}")
+            raise ValueError(
+                f"CIFAR-10 has 50000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}"
+            )
         if options.get("num_blocks", 1) > 5:
-            raise ValueError(f"num_blocks must be <= 5 (each block halves the 32x32 image), got {options['num_blocks']}")
+            raise ValueError(
+                f"num_blocks must be <= 5 (each block halves the 32x32 image), got {options['num_blocks']}"
+            )
 
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load CIFAR-10 (see ``samedge.data.load_cifar10``) and make the CNN."""
@@ -175,8 +200,15 @@ class ShakespeareTask(Task):
     loss is over ``n_test_crops`` fixed test crops."""
 
     name = "shakespeare"
-    defaults = {"num_layers": 6, "num_heads": 8, "key_size": 32, "model_size": 128, "sequence_length": 64,
-                "eval_batch_size": 128, "n_test_crops": 1024}
+    defaults = {
+        "num_layers": 6,
+        "num_heads": 8,
+        "key_size": 32,
+        "model_size": 128,
+        "sequence_length": 64,
+        "eval_batch_size": 128,
+        "n_test_crops": 1024,
+    }
 
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load the text (see ``samedge.data.load_shakespeare``) and make the Transformer."""
@@ -211,8 +243,10 @@ class CustomTask(Task):
 
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Always an error: samedge cannot rerun a loop it did not write."""
-        raise ValueError("task 'custom' holds records of your own training loop (EdgeMonitor.save); "
-                         "samedge.loop.run cannot rerun it: use one of the registered tasks 'mnist', 'cifar10', 'shakespeare'")
+        raise ValueError(
+            "task 'custom' holds records of your own training loop (EdgeMonitor.save); "
+            "samedge.loop.run cannot rerun it: use one of the registered tasks 'mnist', 'cifar10', 'shakespeare'"
+        )
 
 
 TASKS: Dict[str, Task] = {}

@@ -1,4 +1,5 @@
 """Parameter-shaped vectors: dicts of tensors, their flat views, inner products and alignment."""
+
 from __future__ import annotations
 
 from typing import Dict, Mapping

@@ -31,6 +31,7 @@ Environment: ``SAMEDGE_BOOK_HTML`` (default ``_build/html``), ``SAMEDGE_BROWSER_
 (default ``_build/browser-artifacts``), ``SAMEDGE_CHROMIUM`` (default ``/usr/bin/chromium``).
 Playwright drives that Chromium; ``playwright install`` is never needed.
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,8 +60,13 @@ ARTIFACTS = Path(os.environ.get("SAMEDGE_BROWSER_ARTIFACTS", ROOT / "_build" / "
 CHROMIUM = os.environ.get("SAMEDGE_CHROMIUM", "/usr/bin/chromium")
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 LOCAL_MATHJAX = "/_static/mathjax/"  # where book/_ext/samedge_mathjax.py puts MathJax in the site
 MIN_FIGURE_PX = 600  # a figure shown narrower than this must be shown at >= 80% of its natural width
@@ -82,13 +88,17 @@ def mathjax_dir() -> Optional[Path]:
 
 def experiment_pages() -> set:
     """Pages built from experiment notebooks: those whose parameters include ``preset``."""
-    return {f"book/{name}.html" for name, path in discover(ROOT / "book").items() if "preset" in declared_parameters(path)}
+    return {
+        f"book/{name}.html" for name, path in discover(ROOT / "book").items() if "preset" in declared_parameters(path)
+    }
 
 
 def site_pages(site: Path) -> List[str]:
     """Every HTML page of the built site, relative to it (not the theme's static files)."""
     skip = ("_static/", "_sources/", "_images/", "_downloads/")
-    return sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if not str(p.relative_to(site)).startswith(skip))
+    return sorted(
+        str(p.relative_to(site)) for p in site.rglob("*.html") if not str(p.relative_to(site)).startswith(skip)
+    )
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -129,8 +139,12 @@ def chromium() -> Iterator[BrowserContext]:
         pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set SAMEDGE_CHROMIUM)")
     with tempfile.TemporaryDirectory(prefix="samedge-chromium-") as profile, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900}, service_workers="block",
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+            service_workers="block",
         )
         try:
             yield context
@@ -210,9 +224,15 @@ def _meta_refresh(context: BrowserContext, base_url: str, page_path: str) -> Opt
     return m.group(1) if m else None
 
 
-def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: Optional[Path],
-               screenshot_dir: Optional[Path] = None, experiments: frozenset = frozenset(),
-               withhold_mathjax: bool = False) -> PageReport:
+def check_page(
+    context: BrowserContext,
+    base_url: str,
+    page_path: str,
+    mathjax: Optional[Path],
+    screenshot_dir: Optional[Path] = None,
+    experiments: frozenset = frozenset(),
+    withhold_mathjax: bool = False,
+) -> PageReport:
     """Open one page and return what is wrong with it (``report.problems``). ``mathjax``: a local
     mathjax@3 for CDN requests (None: block them); ``withhold_mathjax``: block MathJax altogether."""
     report = PageReport(page_path)
@@ -228,7 +248,7 @@ def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: 
         elif urlparse(url).netloc == host:
             r.continue_()
         elif mathjax is not None and url.startswith(MATHJAX_CDN):
-            local = mathjax / urlparse(url).path[len(urlparse(MATHJAX_CDN).path):]
+            local = mathjax / urlparse(url).path[len(urlparse(MATHJAX_CDN).path) :]
             if local.is_file():
                 r.fulfill(path=str(local))
             else:
@@ -253,7 +273,9 @@ def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: 
         page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
         if page.evaluate("() => !!document.querySelector('script[src*=\"mathjax\"]')"):
             try:
-                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+                page.wait_for_function(
+                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000
+                )
                 page.evaluate("() => MathJax.startup.promise")
             except Exception as err:  # MathJax never started: the math is reported as not typeset below
                 report.problems.append(f"MathJax did not start: {str(err).splitlines()[0]}")
@@ -272,7 +294,9 @@ def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: 
     if broken:
         report.problems.append(f"images not loaded: {broken}")
     if info["untypeset"]:
-        report.problems.append(f"{len(info['untypeset'])} math element(s) not typeset by MathJax, e.g. {info['untypeset'][:2]}")
+        report.problems.append(
+            f"{len(info['untypeset'])} math element(s) not typeset by MathJax, e.g. {info['untypeset'][:2]}"
+        )
     if info["errors"]:
         report.problems.append(f"MathJax errors (merror): {info['errors'][:3]}")
     if info["undefinedMacros"]:
@@ -292,10 +316,15 @@ def check_page(context: BrowserContext, base_url: str, page_path: str, mathjax: 
         report.problems.append(f"wider than the content column ({info['column']:.0f} px): {info['wide'][:4]}")
     if info["underNumber"]:
         report.problems.append(f"equations running under their number: {info['underNumber'][:4]}")
-    small = [f"{f['src']}: {f['shown']:.0f} of {f['natural']} px" for f in info["figures"]
-             if f["natural"] > 0 and f["shown"] < min(0.8 * f["natural"], MIN_FIGURE_PX)]
+    small = [
+        f"{f['src']}: {f['shown']:.0f} of {f['natural']} px"
+        for f in info["figures"]
+        if f["natural"] > 0 and f["shown"] < min(0.8 * f["natural"], MIN_FIGURE_PX)
+    ]
     if small:
-        report.problems.append(f"figures shown below 80% of their natural width and below {MIN_FIGURE_PX} px: {small[:4]}")
+        report.problems.append(
+            f"figures shown below 80% of their natural width and below {MIN_FIGURE_PX} px: {small[:4]}"
+        )
     uncaptioned = [f["src"] for f in info["figures"] if not (f["caption"] and f["numbered"])]
     if uncaptioned:
         report.problems.append(f"figures without a numbered caption: {uncaptioned[:4]}")
@@ -328,13 +357,18 @@ def test_every_page_renders(site):
     with serve(site) as base, chromium() as context:
         reports = [check_page(context, base, p, mj, ARTIFACTS, experiments) for p in pages]
     summary = {
-        "site": str(site), "pages": len(reports), "images": sum(r.images for r in reports),
-        "typeset_math": sum(r.typeset for r in reports), "blocked_requests": sum(len(r.blocked) for r in reports),
+        "site": str(site),
+        "pages": len(reports),
+        "images": sum(r.images for r in reports),
+        "typeset_math": sum(r.typeset for r in reports),
+        "blocked_requests": sum(len(r.blocked) for r in reports),
         "reports": [asdict(r) for r in reports],
     }
     (ARTIFACTS / "report.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n{len(reports)} pages, {summary['images']} images, {summary['typeset_math']} typeset formulas, "
-          f"{summary['blocked_requests']} blocked non-local requests; screenshots in {ARTIFACTS}")
+    print(
+        f"\n{len(reports)} pages, {summary['images']} images, {summary['typeset_math']} typeset formulas, "
+        f"{summary['blocked_requests']} blocked non-local requests; screenshots in {ARTIFACTS}"
+    )
     bad = {r.page: r.problems for r in reports if r.problems}
     assert not bad, json.dumps(bad, indent=2)
     by_page = {r.page: r for r in reports}
@@ -365,8 +399,11 @@ def _break_reading(page: Path) -> None:
     end = text.index("</figcaption>", captions[1]) + len("</figcaption>")
     text = text[: captions[1]] + text[end:]
     wide = '<table><tr><td style="white-space: nowrap">' + "a wide table cell " * 40 + "</td></tr></table>"
-    long_eq = ('<div class="math notranslate nohighlight"><span class="eqno">(99)</span>\\[' +
-               " + ".join(f"x_{{{i}}}" for i in range(80)) + "\\]</div>")
+    long_eq = (
+        '<div class="math notranslate nohighlight"><span class="eqno">(99)</span>\\['
+        + " + ".join(f"x_{{{i}}}" for i in range(80))
+        + "\\]</div>"
+    )
     term = "<p>Exact Hessian-vector products\n: an unparsed definition list</p>"
     marker = '<section id="'
     at = text.index(marker, text.index(marker) + 1)  # before the page's second section

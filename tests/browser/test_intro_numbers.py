@@ -9,6 +9,7 @@ median of ||H||/edge over the second half of training directly from the saved ``
 files under ``book/results/<task>/<preset>/`` (the directory the book's notebooks write to),
 with plain pandas, not through the code that made the table.
 """
+
 from __future__ import annotations
 
 import json
