@@ -166,7 +166,8 @@ def test_task_builds_cnn_on_real_data():
     out = built.model(x)
     assert out.shape == (32, 10) and torch.isfinite(built.loss(out, y))
     metrics = built.evaluate(built.model)
-    assert set(metrics) == {"test_loss", "test_accuracy"} and 0 <= metrics["test_accuracy"] <= 1
+    assert set(metrics) == {"test_loss", "test_accuracy", "final_train_loss", "final_train_accuracy"}
+    assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["final_train_accuracy"] <= 1
     xb, _ = (
         get_task("cifar10")
         .build(dict(n_train=32, n_test=16, base_channels=4), 8, "cpu", torch.float32, REAL)

@@ -42,6 +42,10 @@ def test_columns_and_steps(record):
     assert df["step"].tolist() == [0, 4, 8, 12]
     assert record.summary["complete"] and not record.diverged
     assert 0 <= record.summary["test_accuracy"] <= 1
+    # Final training metrics on the whole (full-batch) training subset: the loss is L(w_T), the
+    # last row's training loss, computed here through the module rather than the loss closure.
+    assert record.summary["final_train_loss"] == pytest.approx(record.frame["train_loss"].iloc[-1], rel=1e-5)
+    assert 0 <= record.summary["final_train_accuracy"] <= 1
 
 
 def test_ratio_and_edges_recomputed(record):

@@ -49,6 +49,7 @@ def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFra
                 "median ratio (2nd half)": r.median_ratio(column),
                 "final train loss": float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
                 "test loss": r.summary.get("test_loss", float("nan")),
+                "train accuracy": r.summary.get("final_train_accuracy", float("nan")),
                 "test accuracy": r.summary.get("test_accuracy", float("nan")),
                 "diverged": r.diverged,
                 "diverged at": r.summary.get("diverged_at"),

@@ -256,8 +256,9 @@ def plot_alignment(records: RunRecord | Sequence[RunRecord]) -> Figure:
     return fig
 
 
-def plot_loss(records: RunRecord | Sequence[RunRecord]) -> Figure:
-    """Training loss over steps (log scale), all runs on one axes."""
+def plot_loss(records: RunRecord | Sequence[RunRecord], baseline: Optional[tuple] = None) -> Figure:
+    """Training loss over steps (log scale), all runs on one axes; ``baseline`` = (value, label)
+    draws a reference level, e.g. the loss of predicting all zeros."""
     recs = _as_list(records)
     with book_style():
         fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
@@ -265,6 +266,8 @@ def plot_loss(records: RunRecord | Sequence[RunRecord]) -> Figure:
             df = r.frame
             if not df.empty:
                 ax.plot(df[STEP], df[TRAIN_LOSS], lw=1.3, color=f"C{i}", label=run_label(r))
+        if baseline is not None:
+            ax.axhline(baseline[0], color="0.4", ls=":", lw=1.2, label=baseline[1])
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")

@@ -97,6 +97,7 @@ RESULT_COLUMNS = [
     "median SAM-edge (2nd half)",
     "median ratio (2nd half)",
     "final train loss",
+    "train accuracy",
     "test loss",
     "test accuracy",
     "diverged",

@@ -76,15 +76,20 @@ class Task:
         raise NotImplementedError
 
 
-def classification_evaluator(test_x: torch.Tensor, test_y: torch.Tensor, labels: torch.Tensor, loss) -> Callable:
-    """Test loss and accuracy of a module on a fixed test split."""
+def classification_evaluator(
+    test_x: torch.Tensor, test_y: torch.Tensor, labels: torch.Tensor, loss, split: str = "test"
+) -> Callable:
+    """Loss and accuracy of a module on a fixed split, as ``{split}_loss`` and ``{split}_accuracy``."""
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> Dict[str, float]:
         if len(test_x) == 0:
             return {}
         out = model(test_x)
-        return {"test_loss": float(loss(out, test_y)), "test_accuracy": float((out.argmax(1) == labels).float().mean())}
+        return {
+            f"{split}_loss": float(loss(out, test_y)),
+            f"{split}_accuracy": float((out.argmax(1) == labels).float().mean()),
+        }
 
     return evaluate
 
@@ -108,13 +113,16 @@ def squared_loss_classification(
     model: nn.Module, train, test, batch_size: Optional[int], device: str, dtype: torch.dtype
 ) -> TaskInstance:
     """An image-classification task as the paper sets it up: squared loss on one-hot targets,
-    full batch or random minibatches, test loss and accuracy at the end."""
+    full batch or random minibatches; at the end, loss and accuracy on the test split and on the
+    whole training subset (whether the network fit its training set)."""
     train, test = train.to(device, dtype), test.to(device, dtype)
+    on_test = classification_evaluator(test.inputs, test.targets, test.labels, squared_loss)
+    on_train = classification_evaluator(train.inputs, train.targets, train.labels, squared_loss, split="final_train")
     return TaskInstance(
         model.to(device=device, dtype=dtype),
         squared_loss,
         subset_sampler(train.inputs, train.targets, batch_size),
-        classification_evaluator(test.inputs, test.targets, test.labels, squared_loss),
+        lambda m: {**on_test(m), **on_train(m)},
         num_train=len(train),
     )
 
