@@ -62,6 +62,13 @@ def glorot_init_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _check_sizes(**sizes: int) -> None:
+    """Raise ValueError naming the first size that is not a positive integer."""
+    for name, v in sizes.items():
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
 def _variance_scaling_(layer: nn.Linear, scale: float) -> None:
     """haiku ``VarianceScaling(scale)`` (fan_in, truncated normal) weights and a zero bias."""
     truncated_normal_(layer.weight, math.sqrt(scale / layer.in_features) / TRUNCATED_STD)
@@ -73,9 +80,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_dim: int = 784, width: int = 1000, depth: int = 3, out_dim: int = 10):
         super().__init__()
-        for name, v in dict(in_dim=in_dim, width=width, depth=depth, out_dim=out_dim).items():
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        _check_sizes(in_dim=in_dim, width=width, depth=depth, out_dim=out_dim)
         dims = [in_dim] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], out_dim)
@@ -115,16 +120,14 @@ class CNN(nn.Module):
         num_classes: int = 10,
     ):
         super().__init__()
-        for name, v in dict(
+        _check_sizes(
             in_channels=in_channels,
             image_size=image_size,
             num_blocks=num_blocks,
             layers_per_block=layers_per_block,
             base_channels=base_channels,
             num_classes=num_classes,
-        ).items():
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        )
         if image_size % (2**num_blocks):
             raise ValueError(f"image_size {image_size} must be divisible by 2**num_blocks = {2**num_blocks}")
         layers, c_in = [], in_channels
@@ -205,16 +208,14 @@ class Transformer(nn.Module):
         model_size: int = 128,
     ):
         super().__init__()
-        for name, v in dict(
+        _check_sizes(
             vocab_size=vocab_size,
             sequence_length=sequence_length,
             num_layers=num_layers,
             num_heads=num_heads,
             key_size=key_size,
             model_size=model_size,
-        ).items():
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        )
         self.sequence_length = sequence_length
         self.tok = nn.Embedding(vocab_size, model_size)
         self.pos = nn.Embedding(sequence_length, model_size)

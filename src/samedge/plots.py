@@ -216,15 +216,20 @@ def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = O
     )
 
 
+def _line_per_run(ax, recs: Sequence[RunRecord], column: str) -> None:
+    """One curve of ``column`` over steps per run, in the runs' colours, labelled by run."""
+    for i, r in enumerate(recs):
+        df = r.frame
+        if not df.empty:
+            ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
+
+
 def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = RATIO) -> Figure:
     """||H||_op / SAM-edge over steps, all runs on one axes (1 = at the edge; 2/eta for GD)."""
     recs = _as_list(records)
     with book_style():
         fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
-        for i, r in enumerate(recs):
-            df = r.frame
-            if not df.empty:
-                ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
+        _line_per_run(ax, recs, column)
         ax.axhline(1, color="k", ls="--", lw=1)
         ax.axvspan(recs[0].config.steps / 2, recs[0].config.steps, color="0.9", zorder=-1, label="second half")
         ax.set_xlabel("step")
@@ -262,10 +267,7 @@ def plot_loss(records: RunRecord | Sequence[RunRecord], baseline: Optional[tuple
     recs = _as_list(records)
     with book_style():
         fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
-        for i, r in enumerate(recs):
-            df = r.frame
-            if not df.empty:
-                ax.plot(df[STEP], df[TRAIN_LOSS], lw=1.3, color=f"C{i}", label=run_label(r))
+        _line_per_run(ax, recs, TRAIN_LOSS)
         if baseline is not None:
             ax.axhline(baseline[0], color="0.4", ls=":", lw=1.2, label=baseline[1])
         ax.set_yscale("log")
