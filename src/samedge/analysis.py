@@ -6,9 +6,19 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .record import RATIO, SHARPNESS_AND_EDGE, TRAIN_LOSS, RunRecord, second_half
+from .record import (
+    ASCENT_OP_NORM,
+    EDGE,
+    GRAD_NORM,
+    OP_NORM,
+    RATIO,
+    SHARPNESS_AND_EDGE,
+    TRAIN_LOSS,
+    RunRecord,
+    second_half,
+)
 
-__all__ = ["BANDS", "DEFAULT_BAND", "ratio_table", "interpret_ratios", "run_label"]
+__all__ = ["BANDS", "DEFAULT_BAND", "ratio_table", "interpret_ratios", "run_label", "setting_table"]
 
 # Where a median ratio counts as "at the edge": full-batch runs within [0.9, 1.15]; minibatch
 # noise widens the Transformer's band (SAM and GD alike).
@@ -100,3 +110,57 @@ def interpret_ratios(
             "its curves stop there and its medians use only the finite measurements"
         )
     return "; ".join(parts) + "."
+
+
+def _median(half: pd.DataFrame, values: Optional[pd.Series]) -> float:
+    """The median of ``values`` (a column of ``half``), NaN when there are none."""
+    return float(values.median()) if values is not None and len(half) else float("nan")
+
+
+def setting_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per setting (eta, rho): each run's medians over the second half, then their mean,
+    min and max over the seeds.
+
+    Per run: the median of ``ratio``, of ``op_norm``, of ``edge`` (the run's own edge: SAM-edge,
+    or 2/eta for GD), of ``grad_norm`` and, for ``measure_ascent`` runs, of
+    ``ascent_op_norm / edge`` (NaN otherwise). Rows are sorted by eta, then rho."""
+    per_run = []
+    for r in records:
+        half = second_half(r.frame, r.config.steps)
+        ascent = half[ASCENT_OP_NORM] / half[EDGE] if ASCENT_OP_NORM in half else None
+        per_run.append(
+            {
+                "eta": r.config.eta,
+                "rho": r.config.rho,
+                "seed": r.config.seed,
+                "ratio": _median(half, half.get(RATIO)),
+                "op_norm": _median(half, half.get(OP_NORM)),
+                "edge": _median(half, half.get(EDGE)),
+                "grad_norm": _median(half, half.get(GRAD_NORM)),
+                "ascent": _median(half, ascent),
+            }
+        )
+    if not per_run:
+        raise ValueError("records is empty; give at least one RunRecord")
+    runs = pd.DataFrame(per_run)
+    rows = []
+    for (eta, rho), g in runs.groupby(["eta", "rho"], sort=True):
+        rows.append(
+            {
+                "eta": float(eta),
+                "rho": float(rho),
+                "seeds": int(len(g)),
+                "median ratio mean": float(g["ratio"].mean()),
+                "median ratio min": float(g["ratio"].min()),
+                "median ratio max": float(g["ratio"].max()),
+                "median ||H||": float(g["op_norm"].mean()),
+                "median ||H|| min": float(g["op_norm"].min()),
+                "median ||H|| max": float(g["op_norm"].max()),
+                "median edge": float(g["edge"].mean()),
+                "median edge min": float(g["edge"].min()),
+                "median edge max": float(g["edge"].max()),
+                "median grad norm": float(g["grad_norm"].mean()),
+                "median ascent ratio": float(g["ascent"].mean()),
+            }
+        )
+    return pd.DataFrame(rows)

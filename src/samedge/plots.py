@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .analysis import run_label
+from .analysis import run_label, setting_table
 from .record import (
     ALIGN_GRAD,
     ALIGN_SAM_GRAD,
@@ -40,6 +40,7 @@ __all__ = [
     "plot_alignment",
     "plot_loss",
     "save_figure",
+    "plot_predicted_vs_measured",
     "panel_grid",
     "shared_legend",
     "book_style",
@@ -286,3 +287,47 @@ def save_figure(fig: Figure, directory: str | os.PathLike, name: str) -> Path:
     fig.savefig(d / f"{name}.png", dpi=120)
     fig.savefig(d / f"{name}.svg")
     return d / f"{name}.png"
+
+
+MARKERS = "osD^vP*X"
+
+
+def plot_predicted_vs_measured(records: Sequence[RunRecord]) -> Figure:
+    """Per setting (eta, rho): median ||H||_op over the second half against the median predicted
+    edge (SAM-edge, 2/eta for GD), mean over seeds with min-max bars, log-log, y = x drawn;
+    colour by rho, marker by eta."""
+    table = setting_table(records)
+    rhos, etas = sorted(table["rho"].unique()), sorted(table["eta"].unique())
+    with book_style():
+        fig, ax = plt.subplots(figsize=(WIDTH, 4.6), constrained_layout=True)
+        for _, row in table.iterrows():
+            x, y = row["median edge"], row["median ||H||"]
+            ax.errorbar(
+                x,
+                y,
+                xerr=[[x - row["median edge min"]], [row["median edge max"] - x]],
+                yerr=[[y - row["median ||H|| min"]], [row["median ||H|| max"] - y]],
+                fmt=MARKERS[etas.index(row["eta"]) % len(MARKERS)],
+                color=f"C{rhos.index(row['rho'])}",
+                ms=6,
+                mfc="white",
+                capsize=2,
+                lw=1,
+            )
+        finite = table[["median edge", "median ||H|| min", "median ||H|| max"]].to_numpy()
+        lo, hi = float(np.nanmin(finite)) / 1.15, float(np.nanmax(finite)) * 1.15
+        ax.plot([lo, hi], [lo, hi], color="k", ls="--", lw=1, label="$y = x$ (at the edge)")
+        for i, rho in enumerate(rhos):
+            ax.plot([], [], "s", color=f"C{i}", label="GD ($\\rho = 0$)" if rho == 0 else f"$\\rho = {rho:g}$")
+        for j, eta in enumerate(etas):
+            ax.plot([], [], MARKERS[j % len(MARKERS)], color="0.3", mfc="white", label=f"$\\eta = {eta:g}$")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("predicted edge: median SAM-edge ($2/\\eta$ for GD), 2nd half")
+        ax.set_ylabel("measured median $\\|H\\|_{op}$, 2nd half")
+        ax.set_title("Predicted edge against measured sharpness, one point per setting (bars: min-max over seeds)")
+        ax.grid(alpha=0.3, which="both")
+        shared_legend(fig, [ax], ncols=min(len(rhos) + len(etas) + 1, 5))
+    return fig

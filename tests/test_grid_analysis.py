@@ -1,0 +1,78 @@
+"""``analysis.setting_table`` against medians and seed statistics computed by hand."""
+
+import math
+
+import pytest
+
+from samedge.analysis import setting_table
+from samedge.config import RunConfig
+from samedge.record import RunRecord
+
+
+def _record(eta, rho, seed, second_half, ascent=None):
+    """A 100-step run measured at steps 0, 25 (first half, wild values) and 50, 75, 100."""
+    rows = [
+        dict(step=0, op_norm=100.0, edge=1.0, ratio=100.0, grad_norm=9.0),
+        dict(step=25, op_norm=50.0, edge=2.0, ratio=25.0, grad_norm=9.0),
+    ]
+    for i, (step, (h, e, g)) in enumerate(zip((50, 75, 100), second_half)):
+        row = dict(step=step, op_norm=h, edge=e, ratio=h / e, grad_norm=g)
+        if ascent is not None:
+            row["ascent_op_norm"] = ascent[i]
+        rows.append(row)
+    return RunRecord(RunConfig("mnist", eta, rho, 100, 25, seed=seed), rows, {})
+
+
+def test_setting_table_matches_hand_computation():
+    a = _record(1.0, 0.1, 0, [(1.0, 1.0, 0.3), (1.2, 1.0, 0.1), (1.1, 1.0, 0.2)], ascent=[0.9, 1.0, 0.95])
+    b = _record(1.0, 0.1, 1, [(1.3, 1.2, 0.5), (1.3, 1.3, 0.4), (1.4, 1.3, 0.6)], ascent=[1.2, 1.3, 1.3])
+    c = _record(0.5, 0.0, 0, [(3.8, 4.0, 0.2), (4.0, 4.0, 0.2), (4.2, 4.0, 0.2)])
+    t = setting_table([a, b, c])
+    assert list(zip(t["eta"], t["rho"], t["seeds"])) == [(0.5, 0.0, 1), (1.0, 0.1, 2)]
+    gd, sam = t.iloc[0], t.iloc[1]
+    # GD: ratios 0.95, 1.0, 1.05 -> 1.0; ||H|| 4.0; edge 4.0; no ascent measurement.
+    assert gd["median ratio mean"] == pytest.approx(1.0)
+    assert gd["median ratio min"] == gd["median ratio max"] == pytest.approx(1.0)
+    assert gd["median ||H||"] == pytest.approx(4.0)
+    assert gd["median edge"] == pytest.approx(4.0)
+    assert math.isnan(gd["median ascent ratio"])
+    # SAM seed 0: ratios 1.0, 1.2, 1.1 -> 1.1; seed 1: 1.3/1.2, 1.0, 1.4/1.3 -> 1.4/1.3.
+    r0, r1 = 1.1, 1.4 / 1.3
+    assert sam["median ratio mean"] == pytest.approx((r0 + r1) / 2)
+    assert sam["median ratio min"] == pytest.approx(r1)
+    assert sam["median ratio max"] == pytest.approx(r0)
+    # ||H|| medians 1.1 and 1.3; edge medians 1.0 and 1.3; grad-norm medians 0.2 and 0.5.
+    assert sam["median ||H||"] == pytest.approx(1.2)
+    assert (sam["median ||H|| min"], sam["median ||H|| max"]) == pytest.approx((1.1, 1.3))
+    assert sam["median edge"] == pytest.approx(1.15)
+    assert (sam["median edge min"], sam["median edge max"]) == pytest.approx((1.0, 1.3))
+    assert sam["median grad norm"] == pytest.approx(0.35)
+    # ascent / edge: 0.9, 1.0, 0.95 -> 0.95; 1.0, 1.0, 1.0 -> 1.0.
+    assert sam["median ascent ratio"] == pytest.approx(0.975)
+
+
+def test_setting_table_rejects_no_records():
+    with pytest.raises(ValueError, match="records is empty"):
+        setting_table([])
+
+
+def test_predicted_vs_measured_places_each_setting_at_its_medians():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samedge.plots import plot_predicted_vs_measured
+
+    a = _record(1.0, 0.1, 0, [(1.0, 1.0, 0.3), (1.2, 1.0, 0.1), (1.1, 1.0, 0.2)])
+    b = _record(1.0, 0.1, 1, [(1.3, 1.2, 0.5), (1.3, 1.3, 0.4), (1.4, 1.3, 0.6)])
+    c = _record(0.5, 0.0, 0, [(3.8, 4.0, 0.2), (4.0, 4.0, 0.2), (4.2, 4.0, 0.2)])
+    fig = plot_predicted_vs_measured([a, b, c])
+    ax = fig.axes[0]
+    points = sorted(
+        (float(cont.lines[0].get_xdata()[0]), float(cont.lines[0].get_ydata()[0])) for cont in ax.containers
+    )
+    # (mean of the seeds' median edges, mean of their median ||H||): by hand from the rows above.
+    assert [v for p in points for v in p] == pytest.approx([1.15, 1.2, 4.0, 4.0])
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    plt.close(fig)
