@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from .analysis import run_label, setting_table
 from .record import (
@@ -305,8 +306,9 @@ def plot_predicted_vs_measured(records: Sequence[RunRecord]) -> Figure:
             ax.errorbar(
                 x,
                 y,
-                xerr=[[x - row["median edge min"]], [row["median edge max"] - x]],
-                yerr=[[y - row["median ||H|| min"]], [row["median ||H|| max"] - y]],
+                # clipped at 0: a mean of equal values (GD's 2/eta) can differ from them by rounding
+                xerr=np.clip([[x - row["median edge min"]], [row["median edge max"] - x]], 0, None),
+                yerr=np.clip([[y - row["median ||H|| min"]], [row["median ||H|| max"] - y]], 0, None),
                 fmt=MARKERS[etas.index(row["eta"]) % len(MARKERS)],
                 color=f"C{rhos.index(row['rho'])}",
                 ms=6,
@@ -323,11 +325,19 @@ def plot_predicted_vs_measured(records: Sequence[RunRecord]) -> Figure:
             ax.plot([], [], MARKERS[j % len(MARKERS)], color="0.3", mfc="white", label=f"$\\eta = {eta:g}$")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            # plain numbers (0.4, 1, 2) on both decades' ticks, not 4 x 10^-1
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(
+                FuncFormatter(
+                    lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 4, 6) else ""
+                )
+            )
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_xlabel("predicted edge: median SAM-edge ($2/\\eta$ for GD), 2nd half")
         ax.set_ylabel("measured median $\\|H\\|_{op}$, 2nd half")
-        ax.set_title("Predicted edge against measured sharpness, one point per setting (bars: min-max over seeds)")
+        ax.set_title("Measured sharpness against its predicted edge, per setting (bars: min-max over seeds)")
         ax.grid(alpha=0.3, which="both")
         shared_legend(fig, [ax], ncols=min(len(rhos) + len(etas) + 1, 5))
     return fig
