@@ -276,12 +276,21 @@ class RunJob:
     """The job: run (or resume, or reload) one configuration in its run directory.
 
     Checkpointable by submitit: on SLURM preemption or time-out it is requeued with the same
-    arguments, and ``loop.run`` resumes from the run directory's checkpoint."""
+    arguments, and ``loop.run`` resumes from the run directory's checkpoint.
+
+    ``threads``: torch's CPU threads in the job (None: torch's default). Parallel local jobs
+    that each take torch's default of one thread per core oversubscribe the cores, and busy-
+    waiting threads then slow every job several-fold."""
+
+    def __init__(self, threads: Optional[int] = None):
+        self.threads = threads
 
     def __call__(self, config: Dict[str, Any], run_dir: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
         """Run ``config`` into ``run_dir``; returns the step it resumed from (None: fresh) and the median ratio."""
         import torch
 
+        if getattr(self, "threads", None):
+            torch.set_num_threads(self.threads)
         cfg = RunConfig.from_dict(config)
         ckpt = Path(run_dir) / CHECKPOINT
         resumed_from = None
@@ -636,8 +645,11 @@ def execute(
     if not todo:  # nothing to submit: no executor, no folder
         return SweepResult([Outcome(r, "reloaded") for r in runs], None)
     folder = folder if folder is not None else default_folder(runs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if executor == "local" and max_parallel is None:
-        max_parallel = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        max_parallel = cores
+    if executor == "local" and job is None and "OMP_NUM_THREADS" not in os.environ:
+        job = RunJob(threads=max(1, cores // max_parallel))  # the cores shared out among the jobs
     if executor == "slurm":
         slurm = dict(slurm or {})
         if max_parallel is not None:
