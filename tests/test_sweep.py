@@ -42,6 +42,13 @@ needs_mnist = pytest.mark.skipif(
 TINY = dict(n_train=128, n_test=32, width=16, depth=2, steps=10, measure_every=5)
 
 
+@pytest.fixture(autouse=True)
+def _jobs_use_this_process_threads(monkeypatch):
+    """Records repeat bit for bit only at one torch thread count: the jobs get this process's, so
+    that they can be compared with runs made here (sweep leaves OMP_NUM_THREADS as it finds it)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
 def same_rows(a: RunRecord, b: RunRecord) -> bool:
     """Every column but the wall-clock ones equal, value for value."""
     fa, fb = a.frame.drop(columns=TIMING_COLUMNS), b.frame.drop(columns=TIMING_COLUMNS)
