@@ -178,6 +178,8 @@ def test_failed_job_is_named_with_its_logs(tmp_path, capsys):
         "smoke",
         "--grid",
         "rho=0,0.05",
+        "--seeds",
+        "0",
         *TINY,
         "--results-dir",
         str(tmp_path),

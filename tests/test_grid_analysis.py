@@ -76,3 +76,51 @@ def test_predicted_vs_measured_places_each_setting_at_its_medians():
     assert [v for p in points for v in p] == pytest.approx([1.15, 1.2, 4.0, 4.0])
     assert ax.get_xscale() == ax.get_yscale() == "log"
     plt.close(fig)
+
+
+def _loss_record(rho, seed, ratios, batch_size=None, loss=0.5):
+    """A 100-step run whose second half (steps 50, 75, 100) has these ratios, edge 2.0, and a
+    final training loss ``loss``."""
+    rows = [dict(step=0, op_norm=9.0, edge=2.0, ratio=4.5, train_loss=1.0)]
+    rows += [dict(step=s, op_norm=2.0 * r, edge=2.0, ratio=r, train_loss=loss) for s, r in zip((50, 75, 100), ratios)]
+    cfg = RunConfig("mnist", 0.5, rho, 100, 25, seed=seed, batch_size=batch_size)
+    return RunRecord(cfg, rows, {"test_loss": loss + 0.1})
+
+
+def test_seed_table_mean_and_spread_over_seeds():
+    """One row per rho: the mean over seeds of each run's second-half median, min, max, sd."""
+    from samedge.analysis import interpret_ratios, seed_table
+
+    recs = [
+        _loss_record(0.0, 0, [0.9, 1.0, 1.1]),  # median 1.0
+        _loss_record(0.0, 1, [1.0, 1.2, 1.1]),  # median 1.1
+        _loss_record(0.1, 0, [1.2, 1.0, 1.05]),  # median 1.05
+        _loss_record(0.1, 1, [1.3, 1.2, 1.1]),  # median 1.2
+        _loss_record(0.1, 2, [0.9, 0.95, 0.8], loss=0.2),  # median 0.9
+    ]
+    t = seed_table(recs)
+    assert list(t["run"]) == ["GD", "SAM rho=0.1"] and list(t["seeds"]) == [2, 3]
+    gd, sam = t.iloc[0], t.iloc[1]
+    assert gd["median ratio (2nd half)"] == pytest.approx(1.05)
+    assert (gd["ratio min"], gd["ratio max"]) == pytest.approx((1.0, 1.1))
+    assert gd["ratio sd"] == pytest.approx(math.sqrt(0.005))
+    assert sam["median ratio (2nd half)"] == pytest.approx((1.05 + 1.2 + 0.9) / 3)
+    assert (sam["ratio min"], sam["ratio max"]) == pytest.approx((0.9, 1.2))
+    assert sam["median ||H|| (2nd half)"] == pytest.approx(2.0 * (1.05 + 1.2 + 0.9) / 3)
+    assert sam["final train loss"] == pytest.approx(0.4) and sam["test loss"] == pytest.approx(0.5)
+    text = interpret_ratios(t, band=(0.9, 1.15))
+    assert "For 1 of 1 SAM settings" in text and "spans at most 0.300" in text and "seeds 1.000 to 1.100" in text
+    assert "outside" not in text
+    assert "outside [0.9, 1.04]" in interpret_ratios(t, band=(0.9, 1.04))  # GD's 1.05 is outside
+
+
+def test_bands_depend_on_batching_only():
+    """Full-batch runs of any task get one band, minibatch runs the other; a mix is an error."""
+    from samedge.analysis import BANDS, band_of
+
+    full = _loss_record(0.1, 0, [1.0, 1.0, 1.0])
+    mini = _loss_record(0.1, 0, [1.0, 1.0, 1.0], batch_size=8)
+    assert band_of([full]) == BANDS["full batch"] and band_of([mini]) == BANDS["minibatch"]
+    assert BANDS["full batch"] != BANDS["minibatch"]
+    with pytest.raises(ValueError, match="mix"):
+        band_of([full, mini])

@@ -9,11 +9,36 @@ from samedge.presets import PRESETS, load_preset, preset_path, resolve_params, r
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_make_valid_configs(name):
-    """Every MNIST preset resolves to valid run configurations, one per rho, GD first."""
+    """Every MNIST preset resolves to valid run configurations, one per seed and rho, seed by
+    seed, GD first."""
     p = resolve_params("mnist", name, device="cpu")
     cfgs = run_configs("mnist", p)
-    assert [c.rho for c in cfgs] == p["rhos"] and cfgs[0].rho == 0
+    assert [(c.seed, c.rho) for c in cfgs] == [(s, r) for s in p["seeds"] for r in p["rhos"]] and cfgs[0].rho == 0
     assert p["preset"] == name
+
+
+@pytest.mark.parametrize("task", ["mnist", "cifar10", "shakespeare"])
+def test_cpu_presets_have_three_seeds(task):
+    """The book's runs repeat over at least 3 seeds (the chapters report the spread)."""
+    seeds = resolve_params(task, "cpu", device="cpu")["seeds"]
+    assert len(seeds) >= 3 and len(set(seeds)) == len(seeds)
+
+
+def test_seed_and_seeds():
+    """An explicit seed replaces the preset's seeds; seed and seeds that disagree, an empty list,
+    a negative or repeated seed are errors naming the parameter."""
+    assert resolve_params("mnist", "cpu", seed=5, device="cpu")["seeds"] == [5]
+    assert resolve_params("mnist", "cpu", seeds="[3, 4]", device="cpu")["seeds"] == [3, 4]  # papermill text
+    assert resolve_params("mnist", "cpu", seed=3, seeds=[3], device="cpu")["seeds"] == [3]
+    for bad, match in [
+        (dict(seed=1, seeds=[2]), "disagree"),
+        (dict(seeds=[]), "seeds must be a non-empty list"),
+        (dict(seeds=[0, -1]), "non-negative"),
+        (dict(seeds=[1, 1]), "twice"),
+        (dict(seeds=[0.5]), "non-negative integers"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            resolve_params("mnist", "cpu", device="cpu", **bad)
 
 
 def test_cpu_has_three_sam_radii_and_paper_is_authors_setting():

@@ -98,7 +98,8 @@ def test_grid_spellings_and_numbers():
 
 def test_plan_is_the_product_of_grid_and_seeds(tmp_path):
     """2 etas x 2 rhos x 3 seeds -> 12 distinct run directories holding exactly those settings;
-    a grid without rho runs every rho of the preset (smoke: 0 and 0.05)."""
+    a grid without rho runs every rho of the preset (smoke: 0 and 0.05), and without seeds every
+    seed of the preset (smoke: 0 and 1)."""
     runs = plan("mnist", "smoke", {"eta": [0.2, 0.3], "rhos": [0.0, 0.1]}, [0, 1, 2], TINY, tmp_path)
     assert len({r.run_dir for r in runs}) == 12
     assert {(r.config.eta, r.config.rho, r.config.seed) for r in runs} == set(
@@ -106,7 +107,9 @@ def test_plan_is_the_product_of_grid_and_seeds(tmp_path):
     )
     assert all(r.run_dir.parent == tmp_path / "mnist" / "smoke" and r.config.steps == 10 for r in runs)
     runs = plan("mnist", "smoke", {"eta": [0.2, 0.3]}, None, TINY, tmp_path)
-    assert {(r.config.eta, r.config.rho) for r in runs} == {(0.2, 0.0), (0.2, 0.05), (0.3, 0.0), (0.3, 0.05)}
+    assert {(r.config.eta, r.config.rho, r.config.seed) for r in runs} == set(
+        itertools.product([0.2, 0.3], [0.0, 0.05], [0, 1])
+    )
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # planning writes nothing
 
 
@@ -155,6 +158,7 @@ def test_local_sweep_of_four_runs_equals_in_process_runs(tmp_path):
         "mnist",
         "smoke",
         grid,
+        seeds=[0],
         params=TINY,
         results_dir=tmp_path,
         executor="local",
@@ -172,7 +176,7 @@ def test_local_sweep_of_four_runs_equals_in_process_runs(tmp_path):
         assert (d / "record.csv").is_file() and (d / "summary.json").is_file() and not (d / CHECKPOINT).exists()
         assert same_rows(rec, run(rec.config, progress=False))
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("record.csv")}
-    again = execute(plan("mnist", "smoke", grid, None, TINY, tmp_path), "local", 2, progress=False)
+    again = execute(plan("mnist", "smoke", grid, [0], TINY, tmp_path), "local", 2, progress=False)
     assert [o.status for o in again.outcomes] == ["reloaded"] * 4 and again.folder is None
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("record.csv")} == before
 
@@ -315,6 +319,7 @@ def test_debug_executor_runs_in_process(tmp_path):
         "mnist",
         "smoke",
         {"rho": [0.0, 0.05]},
+        seeds=[0],
         params=TINY,
         results_dir=tmp_path,
         executor="debug",

@@ -11,14 +11,15 @@
 ``-p NAME=VALUE`` sets any notebook parameter of the task (values are YAML: ``-p steps=200``,
 ``-p "rhos=[0.0, 0.1]"``; ``-p rho=0.05`` is ``-p rhos=[0.05]``). ``samedge run`` makes exactly
 one run: when the resolved parameters hold several rhos (every preset does), choose one with
-``-p rho=R``; a list of several rhos is an error (that is a sweep). Runs go to
+``-p rho=R``; a list of several rhos is an error (that is a sweep); the seed is the preset's
+first unless ``-p seed=S``. Runs go to
 ``<results-dir>/<task>/<preset>/<run name>`` (``--results-dir``, else ``$SAMEDGE_RESULTS_DIR``,
 else ``./results``), the same directories the notebooks use, so a finished run is reloaded and an
 unfinished one resumes from its checkpoint.
 
 ``samedge sweep`` runs the product of its ``--grid`` values (any notebook parameter of the task,
 e.g. eta, rho, steps, width; ``NAME=V1,V2``, repeatable) and ``--seeds``, one submitit job per
-run; re-running the same command after a failure, a preemption or an ``scancel`` computes only
+run (without ``--seeds``, the preset's seeds); re-running the same command after a failure, a preemption or an ``scancel`` computes only
 the missing and unfinished runs. Every configuration is validated before anything is submitted.
 The SLURM options come from the command line or ``--slurm-config FILE.yaml`` (a mapping such as
 ``partition: gpu``, ``time: 120``, ``gpus_per_node: 1``, ``qos: high``, ``setup: [module load
@@ -194,6 +195,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"samedge run makes one run, but rhos={rhos} lists {len(rhos)}; "
                 "choose one with -p rho=R, or run them all with samedge sweep"
             )
+        if "seed" not in params and "seeds" not in params:  # one run: the preset's first seed
+            from .presets import resolve_params
+
+            params["seed"] = resolve_params(args.task, args.preset, device="cpu")["seeds"][0]
         runs = plan(args.task, args.preset, None, None, params, args.results_dir, device)
         if len(runs) != 1:
             choices = sorted({r.config.rho for r in runs})
@@ -315,7 +320,6 @@ def summary_table(run_dirs: Sequence[Path], root: Optional[Path] = None):
     records = [RunRecord.load(d) for d in run_dirs]
     table = ratio_table(records)
     table.insert(0, "task", [r.config.task for r in records])
-    table.insert(table.columns.get_loc("eta") + 1, "seed", [r.config.seed for r in records])
     table.insert(table.columns.get_loc("seed") + 1, "steps", [r.config.steps for r in records])
     table["run directory"] = [str(d.relative_to(root)) if root is not None else str(d) for d in run_dirs]
     return table.sort_values(["task", "eta", "rho", "seed", "steps"], kind="stable").reset_index(drop=True)

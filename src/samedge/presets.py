@@ -29,6 +29,7 @@ COMMON = {
     "steps": None,
     "measure_every": None,
     "seed": 0,
+    "seeds": None,  # every rho runs once per seed; None: [seed]
     "device": "auto",
     "data_dir": None,
     "results_dir": None,
@@ -77,6 +78,13 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
     params = {**COMMON, **get_task(task).defaults, **load_preset(task, name)}
     params.update({k: _from_text(k, v, params[k]) for k, v in given.items() if v is not None})
     params["preset"] = name
+    if given.get("seed") is not None and given.get("seeds") is not None:
+        if _check_seeds(params["seeds"]) != [params["seed"]]:
+            raise ConfigError(f"seed={params['seed']!r} and seeds={params['seeds']!r} disagree; give only one of them")
+    elif given.get("seed") is not None:
+        params["seeds"] = [params["seed"]]  # an explicit seed wins over the preset's seeds
+    params["seeds"] = _check_seeds(params["seeds"] if params["seeds"] is not None else [params["seed"]])
+    params["seed"] = params["seeds"][0]
     rhos = params["rhos"]
     if not isinstance(rhos, (list, tuple)) or not rhos:
         raise ConfigError(f"rhos must be a non-empty list of numbers >= 0, got {rhos!r}")
@@ -99,15 +107,28 @@ def _from_text(name: str, value: Any, like: Any) -> Any:
         raise ConfigError(f"{name} must be {example}, got the text {value!r}") from None
 
 
+def _check_seeds(seeds: Any) -> List[int]:
+    """The seeds as a list of distinct non-negative integers, else an error naming the fix."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ConfigError(f"seeds must be a non-empty list of non-negative integers such as [0, 1, 2], got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"seeds must be non-negative integers, got {s!r} in {list(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds lists a seed twice: {list(seeds)}")
+    return list(seeds)
+
+
 def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
-    """One RunConfig per rho (validated before anything runs)."""
+    """One RunConfig per seed and rho, seed by seed (validated before anything runs)."""
     opts = {k: params[k] for k in get_task(task).defaults}
     common = dict(
         task=task,
         eta=params["eta"],
         steps=params["steps"],
         measure_every=params["measure_every"],
-        seed=params["seed"],
         options=opts,
         normalize=params["normalize"],
         batch_size=params["batch_size"],
@@ -118,4 +139,5 @@ def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
         checkpoint_every=params["checkpoint_every"],
         allow_tf32=params["allow_tf32"],
     )
-    return [RunConfig(rho=rho, **common) for rho in params["rhos"]]
+    seeds = _check_seeds(params["seeds"] if params.get("seeds") is not None else [params["seed"]])
+    return [RunConfig(rho=rho, seed=seed, **common) for seed in seeds for rho in params["rhos"]]

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from .analysis import BANDS, DEFAULT_BAND, ratio_table
+from .analysis import band_of, ratio_table, seed_table
 from .experiment import run_experiment
 from .plots import book_style, panel_grid, shared_legend
 from .presets import resolve_params
@@ -47,15 +47,20 @@ def experiment_records(
 
 
 def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
-    """One row per task and run: median ||H||/edge over the second half, its band, 2/eta, losses."""
+    """One row per task and setting (rho): the mean over seeds of the median ||H||/edge over the
+    second half, its min and max over the seeds, the task's band (``analysis.BANDS``), 2/eta, losses."""
     frames = []
     for task, recs in records.items():
-        t = ratio_table(recs)
-        lo, hi = BANDS.get(task, DEFAULT_BAND)
+        t = seed_table(recs)
+        lo, hi = band_of(recs)
+        per_run = ratio_table(recs)
         t.insert(0, "task", task)
         t["band"] = f"[{lo:g}, {hi:g}]"
         r = t["median ratio (2nd half)"]
         t["in band"] = (r >= lo) & (r <= hi) & ~t["diverged"]
+        within = (per_run["median ratio (2nd half)"] >= lo) & (per_run["median ratio (2nd half)"] <= hi)
+        within &= ~per_run["diverged"]
+        t["seeds in band"] = [f"{int(within[per_run['run'] == run].sum())} of {n}" for run, n in zip(t["run"], t["seeds"])]
         frames.append(t)
     cols = [
         "task",
@@ -63,11 +68,15 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         "rho",
         "eta",
         "2/eta",
+        "seeds",
         "median ||H|| (2nd half)",
         "median SAM-edge (2nd half)",
         "median ratio (2nd half)",
+        "ratio min",
+        "ratio max",
         "band",
         "in band",
+        "seeds in band",
         "final train loss",
         "test loss",
         "diverged",
@@ -76,26 +85,39 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
 
 
 def summary_sentence(table: pd.DataFrame) -> str:
-    """How many SAM runs per task sat at the SAM-edge, and GD at 2/eta, from the table."""
+    """How many SAM settings per task sat at the SAM-edge, and GD at 2/eta, from the table."""
     parts = []
     for task in dict.fromkeys(table["task"]):
         t = table[table["task"] == task]
         sam, gd = t[t["rho"] > 0], t[t["rho"] == 0]
-        s = f"{task}: {int(sam['in band'].sum())} of {len(sam)} SAM runs within {t['band'].iloc[0]} of the SAM-edge"
+        n = int(t["seeds"].max())
+        s = (
+            f"{task}: {int(sam['in band'].sum())} of {len(sam)} SAM radii within {t['band'].iloc[0]} of the SAM-edge "
+            f"(mean over {n} seed{'s' if n > 1 else ''}; ratios {sam['median ratio (2nd half)'].min():.3f} to "
+            f"{sam['median ratio (2nd half)'].max():.3f})"
+            if len(sam)
+            else f"{task}"
+        )
         if len(gd):
-            s += f", GD at {float(gd['median ratio (2nd half)'].iloc[0]):.3f} x 2/eta"
+            g = gd.iloc[0]
+            s += f", GD at {float(g['median ratio (2nd half)']):.3f} x 2/eta"
+            if g["seeds"] > 1:
+                s += f" (seeds {float(g['ratio min']):.3f} to {float(g['ratio max']):.3f})"
         parts.append(s)
     return "; ".join(parts) + "."
 
 
-# The columns of samedge.analysis.ratio_table a chapter's results table shows (rho, eta and
+# The columns of samedge.analysis.seed_table a chapter's results table shows (rho, eta and
 # "diverged at" are in the run name, 2/eta and the divergence note).
 RESULT_COLUMNS = [
     "run",
+    "seeds",
     "2/eta",
     "median ||H|| (2nd half)",
     "median SAM-edge (2nd half)",
     "median ratio (2nd half)",
+    "ratio min",
+    "ratio max",
     "final train loss",
     "train accuracy",
     "test loss",
@@ -139,33 +161,43 @@ def summary_styler(table: pd.DataFrame) -> Styler:
         "median ||H|| (2nd half)",
         "median SAM-edge (2nd half)",
         "median ratio (2nd half)",
-        "in band",
+        "ratio min",
+        "ratio max",
+        "seeds in band",
         "test loss",
     ]
-    # Four decimals for the ratio: tests/browser/test_intro_numbers.py reads it back to 6e-5.
-    return table_styler(table, cols, table_id="samedge-summary").format("{:.4f}", subset=["median ratio (2nd half)"])
+    # Four decimals for the ratios: tests/browser/test_intro_numbers.py reads them back to 6e-5.
+    ratios = ["median ratio (2nd half)", "ratio min", "ratio max"]
+    return table_styler(table, cols, table_id="samedge-summary").format("{:.4f}", subset=ratios)
 
 
 def plot_summary(table: pd.DataFrame) -> Figure:
-    """Median ||H|| / edge per rho, one panel per task (two per row), with the task's band (GD at rho = 0)."""
+    """Median ||H|| / edge per rho (mean over seeds, min to max as an error bar), one panel per
+    task (two per row), with the task's band (GD at rho = 0)."""
     tasks = list(dict.fromkeys(table["task"]))
     with book_style():
         fig, axes, free = panel_grid(len(tasks), height=2.6)
         for ax, task in zip(axes, tasks):
             t = table[table["task"] == task]
-            lo, hi = BANDS.get(task, DEFAULT_BAND)
+            lo, hi = (float(x) for x in t["band"].iloc[0].strip("[]").split(","))
             ax.axhspan(lo, hi, color="C2", alpha=0.15, label="the task's band")
             ax.axhline(1, color="k", lw=1, ls="--", label="at the edge (ratio 1)")
             labels = [("GD" if rho == 0 else f"{rho:g}") for rho in t["rho"]]
             colors = ["C3" if d else ("C0" if rho > 0 else "C1") for rho, d in zip(t["rho"], t["diverged"])]
-            ax.bar(range(len(t)), t["median ratio (2nd half)"], color=colors)
+            mid = t["median ratio (2nd half)"].to_numpy()
+            err = np.vstack([mid - t["ratio min"].to_numpy(), t["ratio max"].to_numpy() - mid])
+            ax.bar(range(len(t)), mid, color=colors)
+            ax.errorbar(range(len(t)), mid, yerr=err, fmt="none", ecolor="k", capsize=3, lw=1)
             ax.set_xticks(range(len(t)), labels)
             ax.set_xlabel("rho (GD: ratio to 2/eta)")
             ax.set_ylabel("median $\\|H\\|_{op}$ / edge")
-            ax.set_title(f"{task} ($\\eta$={t['eta'].iloc[0]:g}, band [{lo:g}, {hi:g}])")
-            ax.set_ylim(0, max(1.5, float(t["median ratio (2nd half)"].max()) * 1.1 if len(t) else 1.5))
-        # Bar colours, for the legend: SAM, GD, diverged.
-        for c, name in (("C0", "SAM run"), ("C1", "GD run"), ("C3", "diverged")):
+            n = int(t["seeds"].max())
+            ax.set_title(f"{task} ($\\eta$={t['eta'].iloc[0]:g}, {n} seed{'s' if n > 1 else ''}, band [{lo:g}, {hi:g}])")
+            top = float(np.nanmax(t["ratio max"])) if len(t) else 1.5
+            ax.set_ylim(0, max(1.5, top * 1.1))
+        # Bar colours, for the legend: SAM, GD, diverged; the error bar.
+        for c, name in (("C0", "SAM (mean over seeds)"), ("C1", "GD (mean over seeds)"), ("C3", "diverged")):
             axes[0].bar([0], [0], color=c, label=name)
+        axes[0].errorbar([], [], yerr=[], fmt="none", ecolor="k", capsize=3, lw=1, label="min to max over seeds")
         shared_legend(fig, axes, free, ncols=3)
     return fig

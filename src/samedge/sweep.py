@@ -637,6 +637,7 @@ def execute(
     progress: bool = True,
     poll_s: float = 1.0,
     job: Optional[Callable[..., Any]] = None,
+    desc: Optional[str] = None,
 ) -> SweepResult:
     """Run the unfinished ones of ``runs`` through a submitit executor; finished ones are reloaded.
 
@@ -656,7 +657,7 @@ def execute(
             slurm["array_parallelism"] = max_parallel
     ex = make_executor(executor, folder, timeout_min=timeout_min, slurm=slurm, gpus=gpus)
     runner = SweepRunner(runs, ex, max_parallel=max_parallel if executor != "slurm" else None, job=job)
-    return runner.wait(progress=progress, poll_s=poll_s, desc=f"sweep {runs[0].config.task}")
+    return runner.wait(progress=progress, poll_s=poll_s, desc=desc or f"sweep {runs[0].config.task}")
 
 
 def sweep(
