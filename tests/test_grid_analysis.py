@@ -124,3 +124,44 @@ def test_bands_depend_on_batching_only():
     assert BANDS["full batch"] != BANDS["minibatch"]
     with pytest.raises(ValueError, match="mix"):
         band_of([full, mini])
+
+
+def _facts_record(rho, seed, rows, eta=0.5):
+    return RunRecord(RunConfig("mnist", eta, rho, 100, 25, seed=seed), rows, {})
+
+
+def test_edge_facts_and_per_seed_ratios_by_hand():
+    """edge_facts: start values, second-half edge, first step in the band and alignment medians,
+    averaged over seeds; per_seed_ratios: one column per seed; first_seed: the smallest seed."""
+    from samedge.analysis import edge_facts, edge_facts_sentence, first_seed, per_seed_ratios
+
+    def rows(h0, ratios, edge, cos_g, cos_s):
+        # steps 0, 25, 50, 75, 100; ratio = op_norm / edge
+        return [
+            dict(step=s, op_norm=r * edge, edge=edge, ratio=r, align_grad=a, align_sam_grad=b, train_loss=0.1)
+            for s, r, a, b in zip((0, 25, 50, 75, 100), [h0 / edge, *ratios], cos_g, cos_s)
+        ]
+
+    gd0 = _facts_record(0.0, 0, rows(1.0, [0.5, 0.95, 1.0, 1.1], 4.0, [0.1, 0.2, 0.3, 0.4, 0.5], [0.1] * 5))
+    gd1 = _facts_record(0.0, 1, rows(6.0, [0.95, 1.0, 1.0, 1.0], 4.0, [0.3] * 5, [0.3] * 5))
+    sam0 = _facts_record(0.1, 0, rows(2.0, [1.0, 1.0, 1.0, 1.0], 2.0, [0.2] * 5, [0.4, 0.5, 0.6, 0.7, 0.8]))
+    t = edge_facts([gd0, gd1, sam0], band=(0.9, 1.15))
+    gd, sam = t.iloc[0], t.iloc[1]
+    assert (gd["run"], gd["seeds"], sam["run"], sam["seeds"]) == ("GD", 2, "SAM rho=0.1", 1)
+    assert gd["||H|| at start"] == pytest.approx(3.5)  # (1 + 6) / 2
+    assert gd["edge / (2/eta) at start"] == pytest.approx(1.0)  # 2/eta = 4
+    # seed 0 first in [0.9, 1.15] at step 50 (0.25 and 0.5 are below); seed 1 at step 25 (1.5 at 0 is above).
+    assert gd["first step in the band"] == pytest.approx(37.5)
+    assert gd["|cos(g, u)| median"] == pytest.approx((0.3 + 0.3) / 2)
+    assert sam["edge / (2/eta) at start"] == pytest.approx(0.5)
+    assert sam["edge / (2/eta), 2nd half"] == pytest.approx(0.5)
+    assert sam["first step in the band"] == pytest.approx(0.0)  # 2.0 / 2.0 = 1 at step 0
+    assert sam["|cos(g_SAM, u)| median"] == pytest.approx(0.6)
+    text = edge_facts_sentence(t)
+    assert "more aligned with the top eigenvector than the gradient in 1 of 1" in text
+    assert "GD starts at a sharpness of 3.5 = 0.88 x 2/eta" in text and "at step 38" in text
+    wide = per_seed_ratios([gd0, gd1, sam0])
+    assert list(wide.columns) == ["run", "seed 0", "seed 1"]
+    assert wide.iloc[0]["seed 0"] == pytest.approx(1.0) and wide.iloc[0]["seed 1"] == pytest.approx(1.0)
+    assert wide.iloc[1]["seed 0"] == pytest.approx(1.0) and math.isnan(wide.iloc[1]["seed 1"])
+    assert first_seed([gd1, sam0, gd0]) == [sam0, gd0]

@@ -7,12 +7,15 @@ from typing import List, Optional, Sequence, Tuple
 import pandas as pd
 
 from .record import (
+    ALIGN_GRAD,
+    ALIGN_SAM_GRAD,
     ASCENT_OP_NORM,
     EDGE,
     GRAD_NORM,
     OP_NORM,
     RATIO,
     SHARPNESS_AND_EDGE,
+    STEP,
     TRAIN_LOSS,
     RunRecord,
     second_half,
@@ -28,6 +31,10 @@ __all__ = [
     "interpret_ratios",
     "run_label",
     "setting_table",
+    "first_seed",
+    "per_seed_ratios",
+    "edge_facts",
+    "edge_facts_sentence",
 ]
 
 # Where a median ratio (||H||_op / the run's own edge, median over the second half) counts as
@@ -155,11 +162,12 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
 
     if len(sam):
         inside = sam[(sam["median ratio (2nd half)"] >= lo) & (sam["median ratio (2nd half)"] <= hi)]
-        rng = (sam["median ratio (2nd half)"].min(), sam["median ratio (2nd half)"].max())
+        lo_r, hi_r = sam["median ratio (2nd half)"].min(), sam["median ratio (2nd half)"].max()
+        rng = f"range {lo_r:.3f} to {hi_r:.3f}" if len(sam) > 1 else f"{lo_r:.3f}"
         parts.append(
             f"For {len(inside)} of {len(sam)} SAM {what}s the median of ||H||/SAM-edge over the second half of training "
             + ("(mean over seeds) " if seeds else "")
-            + f"lies in [{lo:g}, {hi:g}] (range {rng[0]:.3f} to {rng[1]:.3f}{spread(sam)})"
+            + f"lies in [{lo:g}, {hi:g}] ({rng}{spread(sam)})"
             + (
                 ", so the operator norm of the Hessian tracks the SAM-edge, not 2/eta"
                 if len(inside) == len(sam)
@@ -239,3 +247,92 @@ def setting_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def first_seed(records: Sequence[RunRecord]) -> List[RunRecord]:
+    """The runs of the smallest seed among ``records`` (the runs a chapter's per-run figures show)."""
+    if not records:
+        raise ValueError("records is empty; give at least one RunRecord")
+    seed = min(r.config.seed for r in records)
+    return [r for r in records if r.config.seed == seed]
+
+
+def per_seed_ratios(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFrame:
+    """One row per setting (run label), one column ``seed S`` per seed: each run's median ratio
+    over the second half (NaN where a seed has no run of that setting)."""
+    t = ratio_table(records, column)
+    wide = t.pivot_table(index="run", columns="seed", values="median ratio (2nd half)", sort=False, dropna=False)
+    wide = wide.reindex(list(dict.fromkeys(t["run"])))
+    wide.columns = [f"seed {s}" for s in wide.columns]
+    return wide.reset_index()
+
+
+def edge_facts(records: Sequence[RunRecord], band: Tuple[float, float] = DEFAULT_BAND) -> pd.DataFrame:
+    """Per setting (run label), means over the seeds of: the run's edge over 2/eta at the first
+    measurement and (median) over the second half; the sharpness at the first measurement; the
+    first measured step whose ratio lies in ``band`` (NaN for a run that never does); the
+    median |cos| of the gradient and of the SAM gradient with the top eigenvector over the run."""
+    rows = []
+    for r in records:
+        df = r.frame
+        if df.empty:
+            continue
+        half = second_half(df, r.config.steps)
+        gd_edge = 2 / r.config.eta
+        inside = (df[RATIO] >= band[0]) & (df[RATIO] <= band[1]) if RATIO in df else None
+        reached = df[inside][STEP] if inside is not None else pd.Series(dtype=float)
+        rows.append(
+            {
+                "run": run_label(r),
+                "rho": r.config.rho,
+                "edge / (2/eta) at start": float(df[EDGE].iloc[0]) / gd_edge,
+                "edge / (2/eta), 2nd half": float(half[EDGE].median()) / gd_edge if len(half) else float("nan"),
+                "||H|| at start": float(df[OP_NORM].iloc[0]),
+                "||H|| / (2/eta) at start": float(df[OP_NORM].iloc[0]) / gd_edge,
+                "band low": band[0],
+                "band high": band[1],
+                "first step in the band": float(reached.iloc[0]) if len(reached) else float("nan"),
+                "|cos(g, u)| median": float(df[ALIGN_GRAD].median()) if ALIGN_GRAD in df else float("nan"),
+                "|cos(g_SAM, u)| median": float(df[ALIGN_SAM_GRAD].median()) if ALIGN_SAM_GRAD in df else float("nan"),
+            }
+        )
+    if not rows:
+        raise ValueError("no measurements in records; give runs with at least one measurement")
+    t = pd.DataFrame(rows)
+    out = t.groupby(["run", "rho"], sort=False).mean(numeric_only=True).reset_index()
+    out.insert(2, "seeds", t.groupby(["run", "rho"], sort=False).size().to_numpy())
+    return out
+
+
+def edge_facts_sentence(facts: pd.DataFrame) -> str:
+    """What ``edge_facts`` says about the paper's observations, in words computed from it: how far
+    below 2/eta the SAM-edge starts and ends, when GD first reaches its edge, and whether SAM's
+    gradient is more aligned with the top eigenvector than the gradient."""
+    sam, gd = facts[facts["rho"] > 0], facts[facts["rho"] == 0]
+    parts = []
+    if len(sam):
+        a, b = sam["edge / (2/eta) at start"], sam["edge / (2/eta), 2nd half"]
+        parts.append(
+            f"At the first measurement the SAM-edge is {a.min():.2f} to {a.max():.2f} times 2/eta over the SAM "
+            f"radii, and {b.min():.2f} to {b.max():.2f} times 2/eta over the second half (medians)"
+        )
+        more = sam["|cos(g_SAM, u)| median"] > sam["|cos(g, u)| median"]
+        parts.append(
+            f"the SAM gradient is more aligned with the top eigenvector than the gradient in {int(more.sum())} of "
+            f"{len(sam)} SAM settings (median |cos| {sam['|cos(g_SAM, u)| median'].min():.2f} to "
+            f"{sam['|cos(g_SAM, u)| median'].max():.2f}, against {sam['|cos(g, u)| median'].min():.2f} to "
+            f"{sam['|cos(g, u)| median'].max():.2f} for the gradient)"
+        )
+    if len(gd):
+        g = gd.iloc[0]
+        step = g["first step in the band"]
+        band = f"[{g['band low']:g}, {g['band high']:g}] x 2/eta"
+        reach = (
+            f"first measures in the band {band} at step {step:.0f} (mean over seeds)"
+            if step == step
+            else f"never measures in the band {band}"
+        )
+        parts.append(
+            f"GD starts at a sharpness of {g['||H|| at start']:.3g} = {g['||H|| / (2/eta) at start']:.2f} x 2/eta and {reach}"
+        )
+    return "; ".join(parts) + "."

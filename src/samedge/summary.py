@@ -60,7 +60,9 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         t["in band"] = (r >= lo) & (r <= hi) & ~t["diverged"]
         within = (per_run["median ratio (2nd half)"] >= lo) & (per_run["median ratio (2nd half)"] <= hi)
         within &= ~per_run["diverged"]
-        t["seeds in band"] = [f"{int(within[per_run['run'] == run].sum())} of {n}" for run, n in zip(t["run"], t["seeds"])]
+        t["seeds in band"] = [
+            f"{int(within[per_run['run'] == run].sum())} of {n}" for run, n in zip(t["run"], t["seeds"])
+        ]
         frames.append(t)
     cols = [
         "task",
@@ -158,6 +160,7 @@ def summary_styler(table: pd.DataFrame) -> Styler:
     cols = [
         "task",
         "run",
+        "seeds",
         "median ||H|| (2nd half)",
         "median SAM-edge (2nd half)",
         "median ratio (2nd half)",
@@ -192,7 +195,9 @@ def plot_summary(table: pd.DataFrame) -> Figure:
             ax.set_xlabel("rho (GD: ratio to 2/eta)")
             ax.set_ylabel("median $\\|H\\|_{op}$ / edge")
             n = int(t["seeds"].max())
-            ax.set_title(f"{task} ($\\eta$={t['eta'].iloc[0]:g}, {n} seed{'s' if n > 1 else ''}, band [{lo:g}, {hi:g}])")
+            ax.set_title(
+                f"{task} ($\\eta$={t['eta'].iloc[0]:g}, {n} seed{'s' if n > 1 else ''}, band [{lo:g}, {hi:g}])"
+            )
             top = float(np.nanmax(t["ratio max"])) if len(t) else 1.5
             ax.set_ylim(0, max(1.5, top * 1.1))
         # Bar colours, for the legend: SAM, GD, diverged; the error bar.

@@ -605,18 +605,18 @@ class SweepRunner:
         """Poll until every job has ended: a progress bar of the runs done, one line per ended run."""
         bar = tqdm(total=len(self.runs), initial=self.done_count, desc=desc, unit="run", disable=not progress)
         failed = 0
+        count = self.done_count  # runs ended so far, counted one by one (a poll can end several)
         try:
             while True:
                 for o in self.poll():
                     bar.update(1)
+                    count += 1
                     failed += o.status == "failed"
                     bar.set_postfix(failed=failed, refresh=False)
                     if progress:
                         tail = "" if o.status == "done" else f" FAILED: {o.error}"
                         bar.write(
-                            f"[{self.done_count}/{len(self.runs)}] {o.run.name}"
-                            + (" (resumed)" if o.resumed_from else "")
-                            + tail
+                            f"[{count}/{len(self.runs)}] {o.run.name}" + (" (resumed)" if o.resumed_from else "") + tail
                         )
                 if not self.active:
                     break
