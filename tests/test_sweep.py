@@ -331,3 +331,29 @@ def test_debug_executor_runs_in_process(tmp_path):
     for rec in records:
         assert same_rows(rec, run(rec.config, progress=False))
     assert isinstance(records[0].frame, pd.DataFrame)
+
+
+def test_run_experiment_in_parallel_jobs_equals_in_process(tmp_path):
+    """A notebook's runs (2 seeds x 2 rhos) through local jobs, 2 at a time, give the records of
+    the same runs made in this process one after the other, in the same order (seed by seed);
+    a second call reloads them all."""
+    if not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir():
+        pytest.skip("needs MNIST")
+    from samedge.experiment import run_experiment
+    from samedge.presets import resolve_params
+
+    def params(where):
+        return resolve_params("mnist", "smoke", seeds=[0, 1], results_dir=str(tmp_path / where), device="cpu", **TINY)
+
+    jobs = run_experiment("mnist", params("jobs"), progress=False, parallel=2)
+    here = run_experiment("mnist", params("here"), progress=False, parallel=1)
+    assert [(r.config.seed, r.config.rho) for r in jobs] == [(0, 0.0), (0, 0.05), (1, 0.0), (1, 0.05)]
+    assert [r.config for r in jobs] == [r.config for r in here]
+    assert all(same_rows(a, b) for a, b in zip(jobs, here))
+    assert (tmp_path / "jobs" / "mnist" / "smoke" / "submitit").is_dir()  # it did go through submitit
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "jobs").rglob("record.csv")}
+    again = run_experiment("mnist", params("jobs"), progress=False, parallel=2)
+    assert all(same_rows(a, b) for a, b in zip(again, jobs))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "jobs").rglob("record.csv")} == before
+    with pytest.raises(ConfigError, match="parallel"):
+        run_experiment("mnist", params("x"), parallel=0)
