@@ -131,7 +131,7 @@ def seed_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFram
                 "ratio sd": float(r.std(ddof=1)) if len(g) > 1 else float("nan"),
                 "diverged": bool(g["diverged"].any()),
                 "runs diverged": int(g["diverged"].sum()),
-                "diverged at": next((d for d in g["diverged at"] if d is not None), None),
+                "diverged at": min((int(d) for d in g["diverged at"] if d is not None and d == d), default=None),
             }
         )
         rows.append(row)
@@ -187,10 +187,12 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
             )
         )
     for _, b in bad.iterrows():
-        n = f"{int(b['runs diverged'])} of {int(b['seeds'])} runs of {b['run']}" if seeds else b["run"]
+        which = (
+            f" (the earliest of {int(b['runs diverged'])} of its {int(b['seeds'])} seeds to diverge)" if seeds else ""
+        )
         parts.append(
-            f"{n} diverged (first at step {b['diverged at']}: a non-finite loss, gradient or sharpness); "
-            "curves stop there and medians use only the finite measurements"
+            f"{b['run']} diverged at step {b['diverged at']}{which}: a non-finite loss, gradient or sharpness; "
+            "its curves stop there and its medians use only the finite measurements"
         )
     return "; ".join(parts) + "."
 
