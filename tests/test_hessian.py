@@ -388,12 +388,12 @@ def test_guarded_warm_start_at_scale_never_locks_on(bulk, state):
     for seed in range(10):
         s = sharpness(DiagonalOperator(lam), v0=v0, tol=1e-3, max_iter=100, seed=seed)
         assert s.converged and s.op_norm == pytest.approx(1.0, rel=1e-3), seed
-        u = sharpness(DiagonalOperator(lam), v0=v0, tol=1e-3, max_iter=100, seed=seed, warm_gap=None)
-        locked_unguarded += abs(u.op_norm - 1.0) > 1e-3
+        if bulk == "near_zero":
+            u = sharpness(DiagonalOperator(lam), v0=v0, tol=1e-3, max_iter=100, seed=seed, warm_gap=None)
+            locked_unguarded += abs(u.op_norm - 1.0) > 1e-3
     plain = sharpness(DiagonalOperator(lam), v0=v0, tol=1e-3, max_iter=100, warm_mix=0.0)
     assert plain.converged and plain.op_norm < 1 / 1.07 * (1 + 1e-3)
-    if bulk == "near_zero":
-        assert locked_unguarded >= 1
+    assert bulk != "near_zero" or locked_unguarded >= 1
 
 
 def test_miss_bound_bounds_components_beyond_the_ritz_values():
