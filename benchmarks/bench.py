@@ -26,7 +26,19 @@ from torch.utils.benchmark import Timer
 import samedge
 from samedge.config import RunConfig
 from samedge.data import load_mnist
-from samedge.hessian import FiniteDifferenceHessianOperator, HessianOperator, lanczos, power_iteration, ritz
+from samedge.hessian import (
+    WARM_GAP,
+    WARM_MIX,
+    WARM_RISK,
+    FiniteDifferenceHessianOperator,
+    HessianOperator,
+    guarded_start,
+    lanczos,
+    miss_bound,
+    power_iteration,
+    ritz,
+    warm_log_bound,
+)
 from samedge.loop import run
 from samedge.losses import module_loss, parameters_of, squared_loss
 from samedge.models import MLP
@@ -130,7 +142,8 @@ def estimator_study(
         k: []
         for k in [
             "cold Lanczos",
-            "warm Lanczos (10 steps earlier)",
+            "warm Lanczos, plain start (10 steps earlier)",
+            "warm Lanczos, guarded start (ours, 10 steps earlier)",
             "power iteration (exact HVP)",
             "authors: power iteration (finite differences)",
         ]
@@ -161,6 +174,8 @@ def estimator_study(
                 # In the training loop the graph build also yields the step's gradient g_t.
                 per, fixed, loop_fixed = hvp_ge, build_ge, max(build_ge - 1.0, 0.0)
                 v0 = earlier.eigenvectors[0] if name.startswith("warm") else None
+                guarded = "guarded" in name
+                start = guarded_start(v0, n, torch.float32, "cpu", s) if guarded else v0
                 t0 = time.perf_counter()
                 if name.startswith("power"):
                     long = power_iteration(
@@ -177,22 +192,26 @@ def estimator_study(
                         which="LM",
                         tol=1e-14,
                         max_iter=max_iter,
-                        v0=v0,
+                        v0=start,
                         dtype=torch.float32,
                         seed=s,
                         callback=reached(lam),
                     )
                     t_long = time.perf_counter() - t0
-                    own = lanczos(
-                        HessianOperator(loss_of, params),
-                        n,
-                        which="LM",
-                        tol=1e-3,
-                        max_iter=100,
-                        v0=v0,
-                        dtype=torch.float32,
-                        seed=s,
-                    )
+                    if guarded:  # the library's measurement: guarded start, stopped by residual and bound
+                        sh = samedge.sharpness(HessianOperator(loss_of, params), v0=v0, tol=1e-3, max_iter=100, seed=s)
+                        own = argparse.Namespace(num_hvps=sh.num_hvps, eigenvalues=torch.tensor([sh.op_norm]))
+                    else:
+                        own = lanczos(
+                            HessianOperator(loss_of, params),
+                            n,
+                            which="LM",
+                            tol=1e-3,
+                            max_iter=100,
+                            v0=v0,
+                            dtype=torch.float32,
+                            seed=s,
+                        )
             k = first_below(long.history, lam)
             floor = min(abs(abs(h) - lam) / lam for h in long.history)
             rows[name].append(
@@ -260,7 +279,7 @@ def _second_order(th, r, tol):
 
 
 STOPPING_RULES = {
-    "residual <= 1e-3 theta (ours)": lambda j, th, r, prev: float(r[0]) <= 1e-3 * abs(float(th[0])),
+    "residual <= 1e-3 theta (the plain rule)": lambda j, th, r, prev: float(r[0]) <= 1e-3 * abs(float(th[0])),
     "residual <= 1e-2 theta": lambda j, th, r, prev: float(r[0]) <= 1e-2 * abs(float(th[0])),
     "r^2 / gap <= 1e-3 theta, >= 3 steps": lambda j, th, r, prev: _second_order(th, r, 1e-3),
     "Ritz value changed <= 1e-4, >= 3 steps": lambda j, th, r, prev: (
@@ -269,6 +288,37 @@ STOPPING_RULES = {
     "fixed 4 HVPs": lambda j, th, r, prev: j >= 4,
     "fixed 8 HVPs": lambda j, th, r, prev: j >= 8,
 }
+
+
+def _bounded(gap: float, risk: float, floor: int = 1):
+    """Residual <= 1e-3 theta and the guard's bound (an eigenvalue (1 + gap) x above missed with
+    probability <= risk), not before ``floor`` HVPs: the rule of ``samedge.sharpness`` from a guarded start."""
+
+    def rule(j, th, r, lb, n):
+        ok = j >= floor and float(r[0]) <= 1e-3 * abs(float(th[0]))
+        return ok and (gap is None or miss_bound(th, lb, gap) <= warm_log_bound(n, WARM_MIX, risk))
+
+    return rule
+
+
+GUARDED_RULES = {
+    f"residual + bound ({WARM_GAP:.0%} gap, risk {WARM_RISK:g}): ours": _bounded(WARM_GAP, WARM_RISK),
+    f"residual + bound ({WARM_GAP:.0%} gap, risk 1e-3)": _bounded(WARM_GAP, 1e-3),
+    f"residual + bound ({WARM_GAP:.0%} gap, risk 0.1)": _bounded(WARM_GAP, 0.1),
+    "residual alone (no bound: unsafe)": _bounded(None, 1.0),
+    "residual, >= 16 HVPs (the guard before the bound)": _bounded(None, 1.0, 16),
+}
+
+
+def replay_guarded(tri, rule, n: int) -> tuple:
+    """(HVPs, estimate) where ``rule(j, theta, residuals, log(beta_1...beta_j), n)`` would have
+    stopped a Lanczos run with this tridiagonal."""
+    m = len(tri[0])
+    for j in range(1, m + 1):
+        th, r = ritz(tri, j)
+        if rule(j, th, r, float(torch.log(tri[1][:j]).sum()), n):
+            return j, abs(float(th[0]))
+    return m, abs(float(th[0]))
 
 
 def replay(tri, rule) -> tuple:
@@ -294,7 +344,7 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
         _, params, loss_fn = problem(cpu["n_train"], cpu["width"], cpu["depth"])
         v_run, u_ref = None, None
         rule, errs, oracle, overlap, gap, tr_s = [], [], [], [], [], 0.0
-        replayed = {k: ([], []) for k in STOPPING_RULES}
+        replayed = {k: ([], []) for k in [*STOPPING_RULES, *GUARDED_RULES]}
         for t in range(steps + 1):
             if t % every == 0:
                 op = HessianOperator(loss_fn, params)
@@ -309,6 +359,15 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
                     gap.append((lam - float(ref.eigenvalues[1])) / lam)
                     for k, f in STOPPING_RULES.items():
                         j, est = replay(long.tridiagonal, f)
+                        replayed[k][0].append(j)
+                        replayed[k][1].append(abs(est - lam) / lam)
+                    # The guarded start that samedge.sharpness(seed=t) builds: the same Krylov sequence.
+                    start = guarded_start(v_run, op.size, torch.float32, "cpu", t)
+                    guarded = lanczos(
+                        op, op.size, which="LM", tol=1e-12, max_iter=REPLAY_ITERS, v0=start, dtype=torch.float32
+                    )
+                    for k, f in GUARDED_RULES.items():
+                        j, est = replay_guarded(guarded.tridiagonal, f, op.size)
                         replayed[k][0].append(j)
                         replayed[k][1].append(abs(est - lam) / lam)
                 sh = samedge.sharpness(op, v0=v_run, tol=1e-3, seed=t)  # one retained graph serves all three
@@ -328,6 +387,7 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
                 name=name,
                 n=len(rule),
                 rule_hvps=statistics.mean(rule),
+                rule_over=sum(e > 1e-3 for e in errs),
                 err_med=statistics.median(errs),
                 err_max=max(errs),
                 oracle_mean=statistics.mean(oracle),
@@ -346,6 +406,8 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
                 err_max=max(es),
                 over=sum(e > 1e-3 for e in es),
                 n=len(es),
+                js=js,
+                es=es,
             )
             for k, (js, es) in replayed.items()
         }
@@ -425,13 +487,16 @@ def main() -> None:
         say(
             f"| {r['estimator']} | {r['hvps']:.0f} | {r['ge']:.1f} | {r['loop_ge']:.1f} | {r['sec']:.3f} | {r['reached']}/{r['starts']} | {r['floor']:.1e} | {r['own_hvps']:.0f} | {r['own_ge']:.1f} | {r['own_err']:.2e} |"
         )
-    warm = next(r for r in study if r["estimator"].startswith("warm"))
+    warm = next(r for r in study if "guarded" in r["estimator"])
+    plain = next(r for r in study if "plain" in r["estimator"])
     authors = next(r for r in study if r["estimator"].startswith("authors"))
     say()
     if authors["reached"]:
         verdict = (
-            f"ratio = {warm['ge'] / authors['ge']:.3f} standalone, {warm['loop_ge'] / authors['loop_ge']:.3f} in the training loop, "
-            "where the graph build also yields the SAM step's gradient (over the starts where the authors' method got there)"
+            f"ratio = **{warm['ge'] / authors['ge']:.3f}** (target <= 0.15) standalone, "
+            f"{warm['loop_ge'] / authors['loop_ge']:.3f} in the training loop, where the graph build also yields the "
+            f"SAM step's gradient (over the starts where the authors' method got there); from the plain start "
+            f"{plain['ge'] / authors['ge']:.3f}"
         )
     else:
         verdict = (
@@ -440,8 +505,12 @@ def main() -> None:
             f"while warm Lanczos needs {warm['ge']:.1f} gradient-equivalents"
         )
     say(
-        f"Target: warm Lanczos <= 1/5 of the authors' gradient-equivalents to 1e-3: {verdict}. "
-        "Own rules: Lanczos stops at relative Ritz residual 1e-3; the authors' at relative change 1e-3 or 100 iterations. "
+        f"Target: guarded warm Lanczos <= 0.15 x the authors' gradient-equivalents to 1e-3: {verdict}. "
+        f"Own rules, each at its own achieved error: ours {warm['own_ge']:.1f} gradient-equivalents "
+        f"(relative error {warm['own_err']:.1e}) against the authors' {authors['own_ge']:.1f} ({authors['own_err']:.1e}): "
+        f"{warm['own_ge'] / authors['own_ge']:.2f}. "
+        "Own rules: Lanczos stops at relative Ritz residual 1e-3 (the guarded start also on the bound of section 4b); "
+        "the authors' at relative change 1e-3 or 100 iterations. "
         "'best error' is the smallest relative error seen before the run stopped (on first reaching 1e-3, else after 500 iterations)."
     )
     say()
@@ -479,18 +548,25 @@ def main() -> None:
         "| run | measure every | measurements | HVPs per measurement | ms per measurement | training s | measuring s | overhead (loop accounting) | overhead (credited) |"
     )
     say("|---|---|---|---|---|---|---|---|---|")
+    at_cadence = {}
     for rho in (0.0, 0.05):
         for every in cadences if rho else [cadence]:
             r = overhead_run(cpu, rho, run_steps, every)
             loop_s = r["train"] + r["measure"]
             credited = (r["measure"] - r["n"] * t_grad) / loop_s
             name = "GD" if rho == 0 else f"SAM rho={rho:g}"
+            if every == cadence:
+                at_cadence[name] = r["measure"] / loop_s
             say(
                 f"| {name} | {every} | {r['n']} | {r['hvps']:.1f} | {1e3 * r['measure'] / r['n']:.0f} | {r['train']:.1f} | "
                 f"{r['measure']:.1f} | {r['measure'] / loop_s:.1%} | {credited:.1%} |"
             )
     say()
-    say(f"Target: overhead <= 25% at the cpu preset's cadence (a measurement every {cadence} steps).")
+    say(
+        f"Target: overhead <= 38% at the cpu preset's cadence (a measurement every {cadence} steps, loop accounting): "
+        + ", ".join(f"{k} **{v:.1%}**" for k, v in at_cadence.items())
+        + "."
+    )
     say()
 
     say("## 4b. Why: how many HVPs a measurement needs along the run")
@@ -498,7 +574,8 @@ def main() -> None:
     traj, replays = trajectory_study(cpu, 100 if args.quick else run_steps, cadence, costs_cpu)
     say(
         f"Along the same runs ({'100' if args.quick else run_steps} steps, every {cadence}), at each measurement after "
-        "the first: the HVPs warm-started Lanczos uses under its stopping rule, and the HVPs after which its estimate "
+        "the first: the HVPs samedge.sharpness uses (guarded warm start, residual and bound), and the HVPs after which "
+        "the plain warm start's estimate "
         "first lies within 1e-3 of a tight reference (cold Lanczos, residual 1e-6): what a perfect stopping rule "
         "would need. The overlap is |<u_t, u_{t-10}>| of successive reference top eigenvectors; the gap is "
         "(lambda_1 - lambda_2) / lambda_1. The bound is the overhead if every measurement cost only the "
@@ -518,17 +595,49 @@ def main() -> None:
     say()
     say(
         f"Stopping rules replayed on the same measurements: each warm-started Lanczos run is continued to {REPLAY_ITERS} "
-        "HVPs and its tridiagonal kept, and each rule is applied to it offline (the first rule is the one the runs "
-        "use; it replays to the HVP counts above). Errors are relative to the tight reference."
+        "HVPs and its tridiagonal kept, and each rule is applied to it offline, from the plain start (the previous "
+        "eigenvector alone, as the library did before the guard) and from the guarded start that samedge.sharpness "
+        "builds (previous eigenvector plus an equal-norm random vector; the rule marked 'ours' is the library's and "
+        "replays to the HVP counts above). The perfect rule's count is from the plain start. Errors are relative to "
+        "the tight reference."
     )
     say()
     say("| run | stopping rule | HVPs (mean) | rel. error median | rel. error max | measurements with error > 1e-3 |")
     say("|---|---|---|---|---|---|")
     for run_name, rules in replays.items():
         for k, v in rules.items():
+            start = "guarded" if k in GUARDED_RULES else "plain"
             say(
-                f"| {run_name} | {k} | {v['hvps']:.1f} | {v['err_med']:.1e} | {v['err_max']:.1e} | {v['over']} of {v['n']} |"
+                f"| {run_name} | {k} ({start} start) | {v['hvps']:.1f} | {v['err_med']:.1e} | {v['err_max']:.1e} | {v['over']} of {v['n']} |"
             )
+    say()
+    say(
+        "Targets (the library's rule, first table): HVPs per warm measurement <= 1.3 x the perfect rule's, with at most "
+        "1 measurement in 120 (GD and SAM together) off the reference by more than 1e-3: "
+        + ", ".join(
+            f"{t['name']} {t['rule_hvps']:.1f} / {t['oracle_mean']:.1f} = **{t['rule_hvps'] / t['oracle_mean']:.2f}x**"
+            for t in traj
+        )
+        + f"; **{sum(t['rule_over'] for t in traj)} of {sum(t['n'] for t in traj)}** off by more than 1e-3."
+    )
+    say()
+    say(
+        "What a periodic check would cost (not what the library does; an estimate from the replays above): the "
+        "guarded, bounded measurement at every P-th warm measurement and the plain warm start with the residual "
+        "test in between. It is not safe measurement by measurement: a warm vector at a lower eigenvector is "
+        "accepted by the plain measurements until the next check."
+    )
+    say()
+    say("| run | check every P | HVPs (mean) | measurements with error > 1e-3 |")
+    say("|---|---|---|---|")
+    ours = next(k for k in GUARDED_RULES if k.endswith("ours"))
+    for run_name, rules in replays.items():
+        g, pl = rules[ours], rules["residual <= 1e-3 theta (the plain rule)"]
+        for period in (1, 2, 4, 8):
+            pick = [(g if i % period == 0 else pl) for i in range(g["n"])]
+            js = [src["js"][i] for i, src in enumerate(pick)]
+            es = [src["es"][i] for i, src in enumerate(pick)]
+            say(f"| {run_name} | {period} | {statistics.mean(js):.1f} | {sum(e > 1e-3 for e in es)} of {len(es)} |")
     say()
 
     say("## 5. Scaling")

@@ -16,6 +16,7 @@ LayerNorm has no running state and needs nothing special.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
@@ -221,6 +222,20 @@ def ritz(tridiagonal: tuple, j: int) -> tuple:
     return theta[order], (betas[j - 1] * S[-1, order]).abs()
 
 
+def miss_bound(theta: torch.Tensor, log_betas: float, gap: float) -> float:
+    """log of the largest component in the start vector q_1 that an eigenvector u of H with
+    |eigenvalue| >= (1 + gap) max |theta| can have, after j Lanczos steps with Ritz values ``theta``
+    and log(beta_1 ... beta_j) = ``log_betas``.
+
+    q_{j+1} beta_1 ... beta_j = chi_j(H) q_1 with chi_j the monic polynomial whose roots are the
+    Ritz values, so |<u, q_1>| |chi_j(lambda)| <= beta_1 ... beta_j; beyond the Ritz values
+    |chi_j| grows monotonically, so |chi_j(lambda)| >= min |chi_j(+-(1 + gap) max |theta|)|."""
+    t = theta.double()
+    alpha = (1.0 + gap) * float(t.abs().max())
+    log_chi = min(float(torch.log(alpha - t).sum()), float(torch.log(alpha + t).sum()))
+    return log_betas - log_chi
+
+
 def lanczos(
     matvec: Matvec,
     size: int,
@@ -234,6 +249,7 @@ def lanczos(
     seed: int = 0,
     callback: Optional[Callable[[int, float], bool]] = None,
     min_iter: int = 1,
+    certify: Optional[tuple] = None,
 ) -> EigenResult:
     """Top-k eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -241,6 +257,9 @@ def lanczos(
     scale = |theta_i| (or max |theta| for ``which="BE"``, where the smallest end matters only
     relative to the operator norm). ``v0`` warm-starts (e.g. the previous top eigenvector);
     ``min_iter`` is the smallest Krylov dimension at which convergence may be declared.
+    ``certify = (gap, log_bound)`` also requires ``miss_bound(theta, log(beta_1 ... beta_m), gap)
+    <= log_bound``: no eigenvector whose |eigenvalue| exceeds (1 + gap) max |theta| can then have
+    a component above exp(log_bound) in the start vector.
     """
     if k < 1 or (which == "BE" and k != 2):
         raise ValueError(f"k must be >= 1 (and 2 for which='BE'), got {k}")
@@ -257,6 +276,7 @@ def lanczos(
     Q = torch.empty(min(max_iter, 16), size, dtype=dtype, device=device)
     alphas, betas = [], []
     converged, beta, history = False, None, []
+    log_betas = 0.0  # log of beta_1 ... beta_j: ||chi_j(H) q_1|| for the Lanczos polynomial chi_j
     for j in range(max_iter):
         if j == Q.shape[0]:
             Q = torch.cat([Q, torch.empty(min(Q.shape[0], max_iter - j), size, dtype=dtype, device=device)])
@@ -291,7 +311,11 @@ def lanczos(
         scale = theta.abs().max() if which == "BE" else theta[idx].abs()
         breakdown = bool(beta <= 1e-10 * max(theta.abs().max().item(), 1e-30))
         enough = j + 1 >= max(k if which != "BE" else 2, min_iter)
-        if enough and (breakdown or bool(torch.all(res <= tol * scale))):
+        log_betas += math.log(beta.item()) if beta > 0 else -math.inf
+        accurate = bool(torch.all(res <= tol * scale))
+        if certify is not None and accurate and not breakdown:
+            accurate = miss_bound(theta, log_betas, certify[0]) <= certify[1]
+        if enough and (breakdown or accurate):
             converged = True
             break
         if j + 1 < max_iter:
@@ -372,13 +396,17 @@ class Sharpness:
     converged: bool
 
 
-# The warm-start guard (see ``guarded_start``): the random share of the start vector and the
-# Krylov dimension below which a warm-started run may not stop. Chosen on diagonal test
-# spectra (n = 2000 and 100000, a 7% gap between the top two eigenvalues, start vector at
-# the runner-up eigenvector): with these values 0 of 20 random draws per spectrum locked on,
-# as for cold starts; with a minimum of 10 up to 10 of 20 did (book/methods.md).
+# The warm-start guard (see ``guarded_start``, ``warm_log_bound`` and ``sharpness``): the start
+# vector is the previous eigenvector plus a random vector of relative weight WARM_MIX, and a
+# warm-started run may stop only once the Lanczos polynomial shows (``miss_bound``) that an
+# eigenvalue whose magnitude exceeds the result by a factor 1 + WARM_GAP would have needed a
+# component in the start vector that the random share gives it with probability <= WARM_RISK,
+# whatever the previous eigenvector was. WARM_MIN_ITER is a floor on the HVPs of a warm run
+# (1: the bound, not a fixed count, decides; the guard before it was a floor of 16).
 WARM_MIX = 1.0
-WARM_MIN_ITER = 16
+WARM_GAP = 0.07
+WARM_RISK = 1e-2
+WARM_MIN_ITER = 1
 
 
 def guarded_start(
@@ -389,7 +417,8 @@ def guarded_start(
 
     A start vector at (or within round-off of) a lower eigenvector converges to that
     eigenvalue after one HVP and passes the residual test; the random share gives every
-    eigenvector, the top one included, a component of order 1/sqrt(n), as a cold start does."""
+    eigenvector, the top one included, a component of order 1/sqrt(n) that no choice of v0
+    can cancel (``warm_log_bound``)."""
     v = v0.reshape(-1).to(dtype=dtype, device=device)
     if v.numel() != size:
         raise ValueError(f"v0 has {v.numel()} entries, the operator acts on {size}")
@@ -402,6 +431,23 @@ def guarded_start(
     return v + mix * r / torch.linalg.vector_norm(r)
 
 
+def warm_log_bound(size: int, mix: float, risk: float) -> float:
+    """log c such that, for any fixed unit vector u, the normalized ``guarded_start`` vector q_1
+    has |<u, q_1>| <= c with probability <= ``risk`` over its random share (0 < mix <= 1).
+
+    q_1 = (d + mix r) / sqrt(1 + mix^2) with r uniform on the unit sphere orthogonal to d; write
+    u = a d + b e, e a unit vector orthogonal to d. If b >= 1/2: <r, e> has density at most
+    sqrt((n - 1) / (2 pi)), so P(|a + mix b <r, e>| <= c sqrt(1 + mix^2)) <= 4 c sqrt(1 + mix^2)
+    sqrt((n - 1) / (2 pi)) / mix. If b < 1/2: |a| > sqrt(3)/2 and |mix b <r, e>| < 1/2, so for
+    c <= 0.25 the event is impossible."""
+    if not 0 < mix <= 1:
+        raise ValueError(f"warm_mix must be in (0, 1] for a guarded warm start, got {mix!r}")
+    if not 0 < risk < 1:
+        raise ValueError(f"warm_risk must be in (0, 1), got {risk!r}")
+    k = 4.0 * math.sqrt(1.0 + mix**2) / mix * math.sqrt(max(size - 1, 1) / (2.0 * math.pi))
+    return min(math.log(risk / k), math.log(0.25))
+
+
 def sharpness(
     op: Callable[[torch.Tensor], torch.Tensor],
     v0: Optional[torch.Tensor] = None,
@@ -410,15 +456,22 @@ def sharpness(
     seed: int = 0,
     warm_mix: float = WARM_MIX,
     warm_min_iter: int = WARM_MIN_ITER,
+    warm_gap: Optional[float] = WARM_GAP,
+    warm_risk: float = WARM_RISK,
 ) -> Sharpness:
     """||H||_op (and the Ritz range) of ``op`` (a HessianOperator) by one Lanczos run.
 
     Lanczos stops once the largest-magnitude Ritz pair has relative residual <= ``tol``.
     A warm start ``v0`` (the previous eigenvector) is guarded: the run starts from
-    ``guarded_start(v0)`` and may not stop before ``warm_min_iter`` HVPs, so that a ``v0`` at
-    a lower eigenvector cannot be accepted after one HVP.
+    ``guarded_start(v0)`` and may stop only when, in addition, ``miss_bound`` shows that an
+    eigenvalue with |lambda| >= (1 + warm_gap) |theta| is missed with probability <=
+    ``warm_risk`` over the random share, and not before ``warm_min_iter`` HVPs.
+    ``warm_mix = 0`` or ``warm_gap = None``: the plain warm start (residual test only).
     """
     start = guarded_start(v0, op.size, op.dtype, op.device, seed, warm_mix) if v0 is not None else None
+    certify = None
+    if start is not None and warm_mix > 0 and warm_gap is not None:
+        certify = (warm_gap, warm_log_bound(op.size, warm_mix, warm_risk))
     r = lanczos(
         op,
         op.size,
@@ -431,6 +484,7 @@ def sharpness(
         device=op.device,
         seed=seed,
         min_iter=warm_min_iter if start is not None else 1,
+        certify=certify,
     )
     lo, hi = r.ritz_range
     return Sharpness(abs(float(r.eigenvalues[0])), hi, lo, r.eigenvectors[0], r.num_hvps, r.converged)
