@@ -56,11 +56,12 @@ def ascent_point(
     return add_scaled(params, grad, rho)
 
 
-def _loss_and_grad(loss_fn: LossFn, keys: list, values: list) -> tuple:
+def _loss_and_grad(loss_fn: LossFn, keys: list, values: list, onednn: bool) -> tuple:
     """(L(w), grad L(w) as a list in ``keys`` order) by one backward pass, both detached."""
     w = [v.detach().requires_grad_() for v in values]
     with torch.enable_grad():
-        loss = loss_fn(dict(zip(keys, w)))
+        with linear_mode(onednn):  # the forward only: the backward needs no routing
+            loss = loss_fn(dict(zip(keys, w)))
         # Plain autograd, not torch.func: the same kernels, without functorch's per-op wrapping.
         grads = torch.autograd.grad(loss, w, allow_unused=True, materialize_grads=True)
     return loss.detach(), list(grads)
@@ -86,18 +87,17 @@ def sam_step(
     values = [params[k].detach() for k in keys]
     params = dict(zip(keys, values))
     use = onednn_pays(params) if onednn is None else bool(onednn)
-    with linear_mode(use):
-        if loss_and_grad is not None:
-            loss, grad = loss_and_grad[0], dict(loss_and_grad[1])
-        else:
-            loss, g = _loss_and_grad(loss_fn, keys, values)
-            grad = dict(zip(keys, g))
-        gn = norm(grad)
-        if rho == 0 or gn == 0:  # GD, or no ascent direction: one gradient suffices
-            w_tilde, sam_grad = dict(params), grad
-        else:
-            w_tilde = ascent_point(params, grad, rho, normalize, gn)
-            sam_grad = dict(zip(keys, _loss_and_grad(loss_fn, keys, [w_tilde[k] for k in keys])[1]))
+    if loss_and_grad is not None:
+        loss, grad = loss_and_grad[0], dict(loss_and_grad[1])
+    else:
+        loss, g = _loss_and_grad(loss_fn, keys, values, use)
+        grad = dict(zip(keys, g))
+    gn = norm(grad)
+    if rho == 0 or gn == 0:  # GD, or no ascent direction: one gradient suffices
+        w_tilde, sam_grad = dict(params), grad
+    else:
+        w_tilde = ascent_point(params, grad, rho, normalize, gn)
+        sam_grad = dict(zip(keys, _loss_and_grad(loss_fn, keys, [w_tilde[k] for k in keys], use)[1]))
     # foreach: one call for all tensors instead of a Python loop (same two roundings as w - eta*g)
     new = dict(zip(keys, torch._foreach_sub(values, torch._foreach_mul([sam_grad[k] for k in keys], eta))))
     return SAMStep(new, loss.detach(), grad, gn, w_tilde, sam_grad)
