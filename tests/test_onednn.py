@@ -43,6 +43,23 @@ def test_linear_and_its_gradients_match_float64(shape, bias):
         assert g32.shape == g64.shape and _rel(g32, g64) < 1e-5
 
 
+@pytest.fixture
+def route_all(monkeypatch):
+    """Route even tiny linear calls to oneDNN, so that tiny models exercise it."""
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+
+
+def test_linear_mode_routes_large_calls_only():
+    """With the default threshold, a layer of MIN_MACS multiply-adds goes to oneDNN, a smaller one not."""
+    w = torch.randn(64, 256, requires_grad=True)
+    rows = -(-onednn.MIN_MACS // (64 * 256))
+    with onednn.linear_mode():
+        big, small = F.linear(torch.randn(rows, 256), w), F.linear(torch.randn(rows - 1, 256), w)
+    assert "_Linear" in type(big.grad_fn).__name__
+    assert "_Linear" not in type(small.grad_fn).__name__
+
+
+@pytest.mark.usefixtures("route_all")
 def test_linear_mode_routes_float32_only():
     """Under linear_mode, float32 CPU F.linear goes to oneDNN; float64 runs unchanged (bit for bit,
     with double backward still available for Hessian-vector products)."""
@@ -89,14 +106,19 @@ def _hand_sam_step_float64(model, params, x, y, eta, rho):
     return {k: w[k] - eta * g2[k] for k in w}
 
 
-def test_sam_step_through_onednn_matches_hand_step_in_float64():
+@pytest.mark.usefixtures("route_all")
+def test_sam_step_through_onednn_matches_hand_step_in_float64(monkeypatch):
     """A float32 SAM step through oneDNN equals the hand-written float64 step to float32 round-off,
     as does the default-kernel step, and two oneDNN steps are bit for bit the same."""
     model, params, x, y = _mlp_problem()
     eta, rho = 0.5, 0.1
     loss_fn = module_loss(model, squared_loss, x, y)
     want = _hand_sam_step_float64(model, params, x, y, eta, rho)
+    calls, real = [], onednn._op
+    monkeypatch.setattr(onednn, "_op", lambda: calls.append(1) or real())
     fast = sam_step(loss_fn, params, eta, rho, onednn=True)
+    assert len(calls) == 2 * (3 + 3 + 2)  # two gradients: 3 forwards, 3 weight and 2 input products
+    monkeypatch.setattr(onednn, "_op", real)
     plain = sam_step(loss_fn, params, eta, rho, onednn=False)
     for k in want:
         step = want[k] - params[k].double()
@@ -106,10 +128,14 @@ def test_sam_step_through_onednn_matches_hand_step_in_float64():
     assert all(torch.equal(fast.params[k], again.params[k]) for k in params)
 
 
-def test_pays_only_for_cpu_float32():
-    """The automatic choice never picks oneDNN for float64 parameters or an empty dict."""
-    assert not onednn.pays({"w": torch.zeros(2, dtype=torch.float64)})
+def test_pays_only_for_large_cpu_float32_models():
+    """The automatic choice never picks oneDNN for float64, small or no parameters."""
+    n = onednn.MIN_PARAMS
+    assert not onednn.pays({"w": torch.zeros(n, dtype=torch.float64)})
+    assert not onednn.pays({"w": torch.zeros(n - 1)})
     assert not onednn.pays({})
+    # float32 and large enough: then only the CPU decides
+    assert onednn.pays({"w": torch.zeros(n // 2), "b": torch.zeros(n - n // 2)}) == onednn._non_intel_x86()
 
 
 def test_unavailable_onednn_is_a_clear_error(monkeypatch):
