@@ -65,9 +65,12 @@ def test_linear_mode_routes_float32_only():
     with double backward still available for Hessian-vector products)."""
     gen = torch.Generator().manual_seed(1)
     x, w = torch.randn(6, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    b = torch.randn(3, generator=gen)
     with onednn.linear_mode():
         y = F.linear(x, w.requires_grad_())
-    assert "_Linear" in type(y.grad_fn).__name__
+        yk = F.linear(input=x, weight=w, bias=b)  # keywords too
+    assert "_Linear" in type(y.grad_fn).__name__ and "_Linear" in type(yk.grad_fn).__name__
+    assert _rel(yk, x.double() @ w.double().T + b.double()) < 1e-6
     w64 = w.detach().double().requires_grad_()
     with onednn.linear_mode():
         y64 = F.linear(x.double(), w64)

@@ -3,15 +3,16 @@
 PyTorch's float32 CPU matmul is MKL's sgemm, and MKL takes its AVX2 path on non-Intel x86
 CPUs: on the AMD EPYC (AVX-512) this project is developed on, oneDNN (bundled with PyTorch)
 runs a forward and backward of the MNIST MLP's first layer (1000 x 784 x 256) in 5.4 ms against
-MKL's 11.8 ms at one thread, as fast as jax/XLA's kernels (benchmarks/bench.py, section 3). Same math, another summation order: results agree with MKL's to
-float32 round-off, and are bit-for-bit repeatable at a fixed thread count.
+MKL's 11.8 ms at one thread, about as fast as jax/XLA's kernels (benchmarks/bench.py, section 3).
+Same math, another summation order: results agree with MKL's to float32 round-off, and are
+bit-for-bit repeatable at a fixed thread count.
 
 ``linear_mode()`` routes ``torch.nn.functional.linear`` calls on CPU float32 tensors
 (``nn.Linear`` included) of at least ``MIN_MACS`` multiply-adds to oneDNN while it is active;
 other calls are untouched (below that, oneDNN's fixed cost per call, ~50 us more than MKL's
-for a forward and backward, outweighs its faster kernel: the two break even near 2-3e6). Only first
-derivatives are provided (the backward is not differentiable again): Hessian-vector products
-use the default kernels.
+for a forward and backward, outweighs its faster kernel: the two break even near 2-3e6).
+Only first derivatives are provided (the backward is not differentiable again): Hessian-vector
+products use the default kernels.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class _LinearMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            x = args[0] if args else kwargs["input"]
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             big = x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= MIN_MACS
             if big and _routable(x, weight, bias):
