@@ -1,10 +1,12 @@
 """The authors' SAM update, jit-compiled in JAX, timed against ``samedge.sam_step`` (optional).
 
-    SAMEDGE_DATA_DIR=... PYTHONPATH=src:/path/to/jax-site python benchmarks/jax_step.py [--quick]
+    pip install --target /path/to/jax-site --no-deps jax jaxlib ml_dtypes opt_einsum
+    SAMEDGE_DATA_DIR=... PYTHONPATH=src:/path/to/jax-site OMP_NUM_THREADS=1 python benchmarks/jax_step.py [--quick]
 
-Runs when ``jax`` can be imported (it is not in requirements.txt: install it anywhere, e.g.
-``pip install --target /path/to/jax-site jax jaxlib``, and put that folder on PYTHONPATH);
-otherwise ``jax_missing()`` says why and the benchmark skips this comparison.
+(or ``python benchmarks/bench.py``, whose section 3 runs it). jax is not in requirements.txt;
+``--no-deps`` keeps the venv's own numpy and scipy in charge (jax needs both). Without jax,
+``jax_missing()`` says so and the benchmark skips this comparison. At one torch thread XLA is
+held to one thread too; otherwise it keeps its default (all cores).
 
 What is theirs and what is not. Only the update rule is google-deepmind/sam_edge's
 (``sam_edge.py``: ``sam_neighbor`` and ``update``, one ``jit``):
@@ -36,8 +38,8 @@ def jax_missing() -> Optional[str]:
     """None when jax can be imported, else a one-line message saying how to get it."""
     if importlib.util.find_spec("jax") is None:
         return (
-            "jax is not installed: skipped. To run it: `pip install --target /path/to/jax-site jax jaxlib` and "
-            "put /path/to/jax-site on PYTHONPATH (jax stays out of requirements.txt)"
+            "jax is not installed: skipped. To run it: `pip install --target /path/to/jax-site --no-deps jax jaxlib "
+            "ml_dtypes opt_einsum` and put /path/to/jax-site on PYTHONPATH (jax stays out of requirements.txt)"
         )
     return None
 
