@@ -530,6 +530,14 @@ def main() -> None:
         "(target <= 2.1; the median over interleaved rounds of the per-round ratio)."
     )
     say()
+    from jax_step import compare, jax_missing, report  # optional: runs only where jax is installed
+
+    if jax_missing():
+        say(f"Against the authors' JAX step: {jax_missing()}.")
+    else:
+        train, _ = load_mnist(cpu["n_train"], 1)
+        say(report(compare(params, loss_fn, train.inputs, train.targets, cpu["eta"], 0.05, paired_times, 4 * mrt)))
+    say()
 
     say("## 4. Measurement overhead of a cpu-preset run")
     say()

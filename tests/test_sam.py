@@ -381,3 +381,21 @@ def test_sam_step_reproduces_module_loss_gradient():
     fn = module_loss(problem.model, problem.loss, problem.inputs, problem.targets)
     loss, _ = grad_by_hand(problem, problem.params)
     assert torch.allclose(fn(problem.params), loss, rtol=1e-14)
+
+
+def test_sam_step_on_a_quadratic_with_an_unused_parameter():
+    """On L = 0.5 w^T A w + b^T w (closed-form gradient A w + b), sam_step equals the two-gradient
+    step by hand; a parameter the loss does not use gets a zero gradient and stays put."""
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=F64)
+    b = torch.tensor([0.5, -1.0], dtype=F64)
+    fn = lambda p: 0.5 * p["w"] @ A @ p["w"] + b @ p["w"]  # noqa: E731
+    w = torch.tensor([1.0, -2.0], dtype=F64)
+    params = {"w": w, "unused": torch.ones(3, dtype=F64)}
+    eta, rho = 0.1, 0.3
+    g = A @ w + b
+    w_tilde = w + rho * g / torch.linalg.vector_norm(g)
+    step = sam_step(fn, params, eta, rho)
+    assert torch.allclose(step.params["w"], w - eta * (A @ w_tilde + b), rtol=1e-14, atol=0)
+    assert torch.allclose(step.grad_norm, torch.linalg.vector_norm(g), rtol=1e-14)
+    assert torch.equal(step.grad["unused"], torch.zeros(3, dtype=F64))
+    assert torch.equal(step.params["unused"], params["unused"])

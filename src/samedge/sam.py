@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import torch
-from torch.func import grad_and_value
 
+from .onednn import linear_mode
+from .onednn import pays as onednn_pays
 from .vectors import Params, add_scaled, norm
 
 LossFn = Callable[[Params], torch.Tensor]
@@ -39,16 +40,31 @@ def _validate(eta: float, rho: float) -> None:
         raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
 
 
-def ascent_point(params: Params, grad: Params, rho: float, normalize: bool = True) -> Params:
-    """The SAM ascent point w + rho g/||g|| (or w + rho g); w itself when rho = 0 or g = 0."""
+def ascent_point(
+    params: Params, grad: Params, rho: float, normalize: bool = True, grad_norm: Optional[torch.Tensor] = None
+) -> Params:
+    """The SAM ascent point w + rho g/||g|| (or w + rho g); w itself when rho = 0 or g = 0.
+
+    ``grad_norm``: ||g|| when the caller has it already."""
     if rho == 0:
         return dict(params)
     if normalize:
-        gn = norm(grad)
+        gn = norm(grad) if grad_norm is None else grad_norm
         if gn == 0:  # no ascent direction: SAM reduces to a GD step at w
             return dict(params)
         return add_scaled(params, grad, rho / gn)
     return add_scaled(params, grad, rho)
+
+
+def _loss_and_grad(loss_fn: LossFn, keys: list, values: list, onednn: bool) -> tuple:
+    """(L(w), grad L(w) as a list in ``keys`` order) by one backward pass, both detached."""
+    w = [v.detach().requires_grad_() for v in values]
+    with torch.enable_grad():
+        with linear_mode(onednn):  # the forward only: the backward needs no routing
+            loss = loss_fn(dict(zip(keys, w)))
+        # Plain autograd, not torch.func: the same kernels, without functorch's per-op wrapping.
+        grads = torch.autograd.grad(loss, w, allow_unused=True, materialize_grads=True)
+    return loss.detach(), list(grads)
 
 
 def sam_step(
@@ -58,22 +74,32 @@ def sam_step(
     rho: float,
     normalize: bool = True,
     loss_and_grad: Optional[tuple] = None,
+    onednn: Optional[bool] = None,
 ) -> SAMStep:
     """One SAM step (GD when rho = 0); ``loss_fn`` closes over the batch, so both gradients share it.
 
     ``loss_and_grad`` = (L(w), grad L(w)) already computed on the same batch skips that gradient.
+    ``onednn``: run linear layers through oneDNN (``samedge.onednn``: same math, float32
+    round-off apart); None (the default) chooses it where it pays (``onednn.pays``).
     """
     _validate(eta, rho)
-    params = {k: v.detach() for k, v in params.items()}
-    g_and_v = grad_and_value(loss_fn)
-    loss, grad = loss_and_grad if loss_and_grad is not None else g_and_v(params)[::-1]
+    keys = list(params)
+    values = [params[k].detach() for k in keys]
+    params = dict(zip(keys, values))
+    use = onednn_pays(params) if onednn is None else bool(onednn)
+    if loss_and_grad is not None:
+        loss, grad = loss_and_grad[0], dict(loss_and_grad[1])
+    else:
+        loss, g = _loss_and_grad(loss_fn, keys, values, use)
+        grad = dict(zip(keys, g))
     gn = norm(grad)
     if rho == 0 or gn == 0:  # GD, or no ascent direction: one gradient suffices
         w_tilde, sam_grad = dict(params), grad
     else:
-        w_tilde = ascent_point(params, grad, rho, normalize)
-        sam_grad = g_and_v(w_tilde)[0]
-    new = {k: params[k] - eta * sam_grad[k] for k in params}
+        w_tilde = ascent_point(params, grad, rho, normalize, gn)
+        sam_grad = dict(zip(keys, _loss_and_grad(loss_fn, keys, [w_tilde[k] for k in keys], use)[1]))
+    # foreach: one call for all tensors instead of a Python loop (same two roundings as w - eta*g)
+    new = dict(zip(keys, torch._foreach_sub(values, torch._foreach_mul([sam_grad[k] for k in keys], eta))))
     return SAMStep(new, loss.detach(), grad, gn, w_tilde, sam_grad)
 
 

@@ -1,0 +1,230 @@
+"""The authors' SAM update, jit-compiled in JAX, timed against ``samedge.sam_step`` (optional).
+
+    pip install --target /path/to/jax-site --no-deps jax jaxlib ml_dtypes opt_einsum
+    SAMEDGE_DATA_DIR=... PYTHONPATH=src:/path/to/jax-site OMP_NUM_THREADS=1 python benchmarks/jax_step.py [--quick]
+
+(or ``python benchmarks/bench.py``, whose section 3 runs it). jax is not in requirements.txt;
+``--no-deps`` keeps the venv's own numpy and scipy in charge (jax needs both). Without jax,
+``jax_missing()`` says so and the benchmark skips this comparison. At one torch thread XLA is
+held to one thread too; otherwise it keeps its default (all cores).
+
+What is theirs and what is not. Only the update rule is google-deepmind/sam_edge's
+(``sam_edge.py``: ``sam_neighbor`` and ``update``, one ``jit``):
+    w~ = w + rho g/(||g|| + 1e-5),  w <- w - eta grad L(w~).
+The model and loss below are a minimal JAX transcription of *ours* (``samedge.models.MLP``:
+``depth`` hidden ReLU layers and a linear output; ``samedge.losses.squared_loss``: the mean of
+(f - y)^2 over examples and classes, the authors' ``jnp.mean(optax.squared_error(...))``), written
+here only so that both steps compute the same thing from the same float32 arrays: the weights
+and the data are copied from our torch tensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+EPSILON = 1e-5  # the authors' sam_edge.EPSILON
+
+__all__ = ["jax_missing", "authors_step", "compare", "EPSILON"]
+
+
+def jax_missing() -> Optional[str]:
+    """None when jax can be imported, else a one-line message saying how to get it."""
+    if importlib.util.find_spec("jax") is None:
+        return (
+            "jax is not installed: skipped. To run it: `pip install --target /path/to/jax-site --no-deps jax jaxlib "
+            "ml_dtypes opt_einsum` and put /path/to/jax-site on PYTHONPATH (jax stays out of requirements.txt)"
+        )
+    return None
+
+
+def _match_threads() -> str:
+    """Give XLA the threads torch uses (1 thread: no multi-threaded Eigen), before jax starts."""
+    threads = torch.get_num_threads()
+    if threads == 1 and "jax" not in sys.modules and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    flags = os.environ.get("XLA_FLAGS", "")
+    return f"XLA_FLAGS='{flags}'" if flags else "XLA default threads (all cores)"
+
+
+def _jax_mlp_loss(jnp) -> Callable:
+    """Our MLP + squared loss in JAX (a transcription of samedge.models.MLP, not the authors' code)."""
+
+    def loss(params, x, y):
+        h = x
+        for w, b in params[:-1]:
+            h = jnp.maximum(h @ w + b, 0.0)
+        w, b = params[-1]
+        return jnp.mean((h @ w + b - y) ** 2)
+
+    return loss
+
+
+def authors_step(
+    params: Dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor, eta: float, rho: float
+) -> Tuple[Callable[[], object], float, Callable[[], Dict[str, torch.Tensor]]]:
+    """The authors' jit-compiled SAM update on our MLP's weights and data (float32 copies).
+
+    Returns (one blocking step as a zero-argument callable, compile seconds (first call minus a
+    later call), a function giving the updated weights back as a torch dict shaped like
+    ``params``, to check that both sides compute the same step)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import grad, jit, tree_util
+
+    keys = list(params)
+    if len(keys) % 2 or any(params[k].dim() != (2 if i % 2 == 0 else 1) for i, k in enumerate(keys)):
+        raise ValueError(f"params must be an MLP's (weight, bias) pairs in order, got keys {keys}")
+    f32 = lambda t: jnp.asarray(t.detach().cpu().numpy().astype(np.float32))  # noqa: E731
+    # flax Dense keeps the kernel as (in, out): x @ kernel + bias.
+    jparams = [(f32(params[w]).T, f32(params[b])) for w, b in zip(keys[::2], keys[1::2])]
+    x, y = f32(inputs.reshape(len(inputs), -1)), f32(targets)
+    loss_by_params = jit(_jax_mlp_loss(jnp))
+
+    # --- the authors' update rule (sam_edge.py, train(): sam_neighbor, update) ---
+    @jit
+    def sam_neighbor(params, x, y):
+        grads = grad(loss_by_params)(params, x, y)
+        norm = jnp.sqrt(jnp.sum(jnp.array(tree_util.tree_leaves(tree_util.tree_map(lambda t: jnp.sum(t * t), grads)))))
+        return tree_util.tree_map(lambda p, g: p + rho * g / (norm + EPSILON), params, grads)
+
+    @jit
+    def update(params, x, y, eta):
+        grad_location = sam_neighbor(params, x, y) if rho > 0.0 else params
+        grads = grad(loss_by_params)(grad_location, x, y)
+        return tree_util.tree_map(lambda p, g: p - eta * g, params, grads)
+
+    # --- end of the authors' rule ---
+
+    step = lambda: jax.block_until_ready(update(jparams, x, y, eta))  # noqa: E731
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step()
+    compile_s = max(0.0, first - (time.perf_counter() - t0))
+
+    def updated() -> Dict[str, torch.Tensor]:
+        out = {}
+        for (w, b), kw, kb in zip(update(jparams, x, y, eta), keys[::2], keys[1::2]):
+            out[kw], out[kb] = torch.from_numpy(np.asarray(w).T.copy()), torch.from_numpy(np.asarray(b).copy())
+        return out
+
+    return step, compile_s, updated
+
+
+def cpu_times(fns: Dict[str, Callable], rounds: int, calls: int) -> dict:
+    """Median CPU seconds (this process, all its threads) per call of each function, in
+    interleaved rounds; ``(name, "ratio")``: median over rounds of its time relative to the
+    first's. On a shared machine CPU time leaves out the time others hold the cores."""
+    names = list(fns)
+    per: Dict[str, list] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.process_time()
+            for _ in range(calls):
+                fns[k]()
+            per[k].append((time.process_time() - t0) / calls)
+    out: dict = {k: float(np.median(v)) for k, v in per.items()}
+    out.update({(k, "ratio"): float(np.median(np.array(per[k]) / np.array(per[names[0]]))) for k in names})
+    return out
+
+
+def compare(
+    params: Dict[str, torch.Tensor],
+    loss_fn: Callable,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    eta: float,
+    rho: float,
+    paired_times: Callable[..., dict],
+    min_run_time: float,
+    rounds: int = 7,
+) -> dict:
+    """Our SAM step against the authors' jit-compiled JAX step on the same arrays, timed in
+    interleaved rounds by ``paired_times``; ratio = ours / JAX (median over rounds)."""
+    import samedge
+    from samedge import onednn
+
+    threads = _match_threads()
+    step, compile_s, updated = authors_step(params, inputs, targets, eta, rho)
+    ours = samedge.sam_step(loss_fn, params, eta, rho).params
+    theirs = updated()
+    # The same update (w_new - w) up to their 1e-5 in the normalisation and float32 round-off.
+    d_ours = {k: ours[k] - params[k] for k in ours}
+    diff = max(float((d_ours[k] - (theirs[k] - params[k])).abs().max() / d_ours[k].abs().max()) for k in ours)
+    fns = {"ours": lambda: samedge.sam_step(loss_fn, params, eta, rho), "jax": step}
+    fast = onednn.pays(params)
+    if fast:  # what the oneDNN linear layers buy, in the same rounds
+        fns["ours, default kernels"] = lambda: samedge.sam_step(loss_fn, params, eta, rho, onednn=False)
+    t = paired_times(fns, min_run_time, rounds=rounds)
+    c = cpu_times({k: fns[k] for k in ("ours", "jax")}, rounds, max(3, int(min_run_time / rounds / t["jax"])))
+    import jax
+
+    out = dict(
+        ours=t["ours"],
+        jax=t["jax"],
+        ratio=1.0 / t[("jax", "ratio")],
+        cpu_ours=c["ours"],
+        cpu_jax=c["jax"],
+        cpu_ratio=1.0 / c[("jax", "ratio")],
+        jax_compile=compile_s,
+        max_rel_diff=diff,
+        threads=threads,
+        jax_version=jax.__version__,
+        onednn=fast,
+        torch_threads=torch.get_num_threads(),
+    )
+    if fast:
+        out["default_kernels"] = t["ours, default kernels"]
+        out["default_kernels_ratio"] = t[("ours, default kernels", "ratio")]
+    return out
+
+
+def report(res: dict) -> str:
+    """One markdown paragraph of ``compare``'s result."""
+    kernels = (
+        f"linear layers through oneDNN (samedge.onednn; the default MKL kernels: {res['default_kernels'] * 1e3:.1f} ms, "
+        f"{res['default_kernels_ratio']:.2f}x ours)"
+        if res["onednn"]
+        else "default kernels"
+    )
+    return (
+        f"Against the authors' update (JAX {res['jax_version']}, jit; torch {res['torch_threads']} thread(s), "
+        f"{res['threads']}): ours {res['ours'] * 1e3:.1f} ms ({kernels}, no torch.compile), JAX {res['jax'] * 1e3:.1f} ms "
+        f"per SAM step; ratio ours / JAX {res['ratio']:.2f} (target <= 1.0; median over interleaved rounds). "
+        f"In CPU time (what a busy machine distorts least): ours {res['cpu_ours'] * 1e3:.1f} ms, JAX "
+        f"{res['cpu_jax'] * 1e3:.1f} ms, ratio {res['cpu_ratio']:.2f}. "
+        f"JAX compile {res['jax_compile']:.2f} s (once). Same step: max relative difference of the weight updates "
+        f"{res['max_rel_diff']:.1e} (their 1e-5 in ||g|| + 1e-5, and float32 round-off)."
+    )
+
+
+def main() -> None:
+    """Run only this comparison on the cpu preset's MNIST MLP and print it."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench import paired_times, problem
+
+    from samedge.data import load_mnist
+    from samedge.presets import load_preset
+
+    quick = "--quick" in sys.argv[1:]
+    msg = jax_missing()
+    if msg:
+        print(msg)
+        return
+    cpu = load_preset("mnist", "cpu")
+    _, params, loss_fn = problem(cpu["n_train"], cpu["width"], cpu["depth"])
+    train, _ = load_mnist(cpu["n_train"], 1)
+    res = compare(params, loss_fn, train.inputs, train.targets, cpu["eta"], 0.05, paired_times, 1.0 if quick else 6.0)
+    print(report(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Linear layers through oneDNN on CPU, for the training step (first derivatives only).
+
+PyTorch's float32 CPU matmul is MKL's sgemm, and MKL takes its AVX2 path on non-Intel x86
+CPUs: on the AMD EPYC (AVX-512) this project is developed on, oneDNN (bundled with PyTorch)
+runs a forward and backward of the MNIST MLP's first layer (1000 x 784 x 256) in 5.4 ms against
+MKL's 11.8 ms at one thread, about as fast as jax/XLA's kernels (benchmarks/bench.py, section 3).
+Same math, another summation order: results agree with MKL's to float32 round-off, and are
+bit-for-bit repeatable at a fixed thread count.
+
+``linear_mode()`` routes ``torch.nn.functional.linear`` calls on CPU float32 tensors
+(``nn.Linear`` included) of at least ``MIN_MACS`` multiply-adds to oneDNN while it is active;
+other calls are untouched (below that, oneDNN's fixed cost per call, ~50 us more than MKL's
+for a forward and backward, outweighs its faster kernel: the two break even near 2-3e6).
+Only first derivatives are provided (the backward is not differentiable again): Hessian-vector
+products use the default kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["available", "pays", "linear_mode", "linear", "MIN_MACS", "MIN_PARAMS"]
+
+MIN_MACS = 4_000_000  # rows x in x out of one linear call, the least routed to oneDNN
+MIN_PARAMS = 65_536  # parameters of a model, the fewest for which pays() chooses oneDNN
+
+
+def _op():
+    return torch.ops.mkldnn._linear_pointwise
+
+
+def _mm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T by oneDNN (2-D, float32, CPU; any strides)."""
+    return _op()(a, b, None, "none", [], "")
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether this PyTorch build runs oneDNN linear layers on this CPU (tried once)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        a = torch.arange(6.0).reshape(2, 3)
+        return bool(torch.equal(_mm_t(a, a), a @ a.T))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _non_intel_x86() -> bool:
+    """An x86-64 CPU whose vendor is not Intel (where MKL's sgemm takes its slow path)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" not in line
+    except OSError:
+        pass
+    return False
+
+
+def pays(params: Mapping[str, torch.Tensor]) -> bool:
+    """The automatic choice: oneDNN where it pays, i.e. all parameters CPU float32, at least
+    ``MIN_PARAMS`` of them, oneDNN available, and a non-Intel x86-64 CPU (on Intel CPUs MKL is
+    already fast). Smaller models step in about a millisecond, where the routing's own cost
+    (~0.25 ms a SAM step) would show."""
+    ts = list(params.values())
+    return (
+        sum(t.numel() for t in ts) >= MIN_PARAMS
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
+        and _non_intel_x86()
+        and available()
+    )
+
+
+class _Linear(torch.autograd.Function):
+    """y = x W^T + b with the three products (forward, d/dx, d/dW) by oneDNN."""
+
+    # forward(ctx, ...) rather than setup_context: apply() then skips binding the signature
+    # (inspect), about 50 us a call; torch.func transforms are not needed here.
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if x.dim() == 2:
+            return _op()(x, weight, bias, "none", [], "")
+        y = _op()(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        dy2 = dy if dy.dim() == 2 else dy.reshape(-1, dy.shape[-1])
+        dx = _mm_t(dy2, weight.t()).reshape(x.shape) if need_x else None  # dy W
+        dw = _mm_t(dy2.t(), x2.t()) if need_w else None  # dy^T x (oneDNN copies dy^T, the smaller)
+        db = dy2.sum(0) if ctx.has_bias and need_b else None
+        return dx, dw, db
+
+
+def _routable(*ts) -> bool:
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in ts)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """``F.linear`` through oneDNN (CPU float32, first derivatives only)."""
+    return _Linear.apply(x, weight, bias)
+
+
+class _LinearMode(TorchFunctionMode):
+    """Routes large F.linear calls on CPU float32 tensors to oneDNN; every other call runs unchanged."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x = args[0] if args else kwargs["input"]
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            big = x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= MIN_MACS
+            if big and _routable(x, weight, bias):
+                return _Linear.apply(x, weight, bias)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def linear_mode(enabled: bool = True) -> Iterator[None]:
+    """While active (and ``enabled``), F.linear on CPU float32 tensors runs through oneDNN."""
+    if not enabled:
+        yield
+        return
+    if not available():
+        raise RuntimeError("oneDNN linear layers are not available in this PyTorch build: use onednn=False")
+    with _LinearMode():
+        yield

@@ -1,0 +1,152 @@
+"""oneDNN linear layers against float64 references: F.linear and plain autograd in float64 on
+the same numbers, and a SAM step written out by hand (two gradients, float64) on a small MLP."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from samedge import onednn
+from samedge.losses import module_loss, parameters_of, squared_loss
+from samedge.models import MLP
+from samedge.sam import sam_step
+
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN linear layers"),
+]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("shape, bias", [((9, 7), True), ((2, 5, 7), True), ((9, 7), False), ((7,), True)])
+def test_linear_and_its_gradients_match_float64(shape, bias):
+    """Forward and d/dx, d/dW, d/db of onednn.linear equal float64 F.linear's to float32 round-off."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen)
+    w = torch.randn(4, 7, generator=gen)
+    b = torch.randn(4, generator=gen) if bias else None
+    dy = torch.randn(*shape[:-1], 4, generator=gen)
+    leaves32 = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    leaves64 = [t.double().requires_grad_() for t in leaves32]
+    y32 = onednn.linear(*leaves32) if bias else onednn.linear(*leaves32, None)
+    y64 = F.linear(*leaves64)
+    assert y32.shape == y64.shape
+    assert _rel(y32, y64) < 1e-5
+    for g32, g64 in zip(torch.autograd.grad(y32, leaves32, dy), torch.autograd.grad(y64, leaves64, dy.double())):
+        assert g32.shape == g64.shape and _rel(g32, g64) < 1e-5
+
+
+@pytest.fixture
+def route_all(monkeypatch):
+    """Route even tiny linear calls to oneDNN, so that tiny models exercise it."""
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+
+
+def test_linear_mode_routes_large_calls_only():
+    """With the default threshold, a layer of MIN_MACS multiply-adds goes to oneDNN, a smaller one not."""
+    w = torch.randn(64, 256, requires_grad=True)
+    rows = -(-onednn.MIN_MACS // (64 * 256))
+    with onednn.linear_mode():
+        big, small = F.linear(torch.randn(rows, 256), w), F.linear(torch.randn(rows - 1, 256), w)
+    assert "_Linear" in type(big.grad_fn).__name__
+    assert "_Linear" not in type(small.grad_fn).__name__
+
+
+@pytest.mark.usefixtures("route_all")
+def test_linear_mode_routes_float32_only():
+    """Under linear_mode, float32 CPU F.linear goes to oneDNN; float64 runs unchanged (bit for bit,
+    with double backward still available for Hessian-vector products)."""
+    gen = torch.Generator().manual_seed(1)
+    x, w = torch.randn(6, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    b = torch.randn(3, generator=gen)
+    with onednn.linear_mode():
+        y = F.linear(x, w.requires_grad_())
+        yk = F.linear(input=x, weight=w, bias=b)  # keywords too
+    assert "_Linear" in type(y.grad_fn).__name__ and "_Linear" in type(yk.grad_fn).__name__
+    assert _rel(yk, x.double() @ w.double().T + b.double()) < 1e-6
+    w64 = w.detach().double().requires_grad_()
+    with onednn.linear_mode():
+        y64 = F.linear(x.double(), w64)
+        (g,) = torch.autograd.grad((y64**2).sum(), w64, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), w64)
+    assert torch.equal(y64, F.linear(x.double(), w64))
+    # L = ||x W^T||^2: dL/dW = 2 W x^T x, so d(sum dL/dW)/dW_ik = 2 sum_j (x^T x)_kj
+    assert torch.allclose(h, (2 * x.double().T @ x.double()).sum(1).expand(3, 5))
+
+
+def _mlp_problem(seed: int = 0):
+    torch.manual_seed(seed)
+    model = MLP(12, 16, 2, 3)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(20, 12, generator=gen)
+    y = F.one_hot(torch.randint(0, 3, (20,), generator=gen), 3).float()
+    return model, parameters_of(model), x, y
+
+
+def _hand_sam_step_float64(model, params, x, y, eta, rho):
+    """w~ = w + rho g/||g||, then w - eta grad L(w~), by plain autograd on a float64 copy."""
+    m = copy.deepcopy(model).double()
+    names = [n for n, _ in m.named_parameters()]
+
+    def grad_at(p):
+        with torch.no_grad():
+            for n, t in m.named_parameters():
+                t.copy_(p[n])
+        loss = ((m(x.double()) - y.double()) ** 2).mean()
+        return dict(zip(names, torch.autograd.grad(loss, list(m.parameters()))))
+
+    w = {k: v.double() for k, v in params.items()}
+    g = grad_at(w)
+    gn = torch.sqrt(sum((t**2).sum() for t in g.values()))
+    g2 = grad_at({k: w[k] + rho * g[k] / gn for k in w})
+    return {k: w[k] - eta * g2[k] for k in w}
+
+
+@pytest.mark.usefixtures("route_all")
+def test_sam_step_through_onednn_matches_hand_step_in_float64(monkeypatch):
+    """A float32 SAM step through oneDNN equals the hand-written float64 step to float32 round-off,
+    as does the default-kernel step, and two oneDNN steps are bit for bit the same."""
+    model, params, x, y = _mlp_problem()
+    eta, rho = 0.5, 0.1
+    loss_fn = module_loss(model, squared_loss, x, y)
+    want = _hand_sam_step_float64(model, params, x, y, eta, rho)
+    calls, real = [], onednn._op
+    monkeypatch.setattr(onednn, "_op", lambda: calls.append(1) or real())
+    fast = sam_step(loss_fn, params, eta, rho, onednn=True)
+    assert len(calls) == 2 * (3 + 3 + 2)  # two gradients: 3 forwards, 3 weight and 2 input products
+    monkeypatch.setattr(onednn, "_op", real)
+    plain = sam_step(loss_fn, params, eta, rho, onednn=False)
+    for k in want:
+        step = want[k] - params[k].double()
+        assert _rel(fast.params[k] - params[k], step) < 1e-4, k  # the update itself, not w
+        assert _rel(plain.params[k] - params[k], step) < 1e-4, k
+    again = sam_step(loss_fn, params, eta, rho, onednn=True)
+    assert all(torch.equal(fast.params[k], again.params[k]) for k in params)
+
+
+def test_pays_only_for_large_cpu_float32_models():
+    """The automatic choice never picks oneDNN for float64, small or no parameters."""
+    n = onednn.MIN_PARAMS
+    assert not onednn.pays({"w": torch.zeros(n, dtype=torch.float64)})
+    assert not onednn.pays({"w": torch.zeros(n - 1)})
+    assert not onednn.pays({})
+    # float32 and large enough: then only the CPU decides
+    assert onednn.pays({"w": torch.zeros(n // 2), "b": torch.zeros(n - n // 2)}) == onednn._non_intel_x86()
+
+
+def test_unavailable_onednn_is_a_clear_error(monkeypatch):
+    """Asking for oneDNN where the build has none fails naming the way out; auto falls back."""
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    model, params, x, y = _mlp_problem()
+    loss_fn = module_loss(model, squared_loss, x, y)
+    with pytest.raises(RuntimeError, match="onednn=False"):
+        sam_step(loss_fn, params, 0.1, 0.1, onednn=True)
+    assert not onednn.pays(params)
+    sam_step(loss_fn, params, 0.1, 0.1)  # auto: the default kernels
