@@ -150,3 +150,53 @@ def test_unavailable_onednn_is_a_clear_error(monkeypatch):
         sam_step(loss_fn, params, 0.1, 0.1, onednn=True)
     assert not onednn.pays(params)
     sam_step(loss_fn, params, 0.1, 0.1)  # auto: the default kernels
+
+
+@pytest.mark.parametrize("shape, bias", [((9, 7), True), ((2, 5, 7), True), ((9, 7), False)])
+def test_linear_twice_second_and_third_derivatives_match_float64(shape, bias):
+    """linear_twice: the value, the gradient of a nonlinear scalar of it, a Hessian-vector
+    product (double backward) and a third derivative, all against float64 F.linear."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=gen)
+    w = torch.randn(4, 7, generator=gen)
+    b = torch.randn(4, generator=gen) if bias else None
+    vs = [torch.randn_like(t) for t in (x, w) + ((b,) if bias else ())]
+
+    def derivatives(lin, leaves):
+        y = lin(*leaves) if bias else lin(*leaves, None)
+        loss = torch.tanh(y).pow(2).sum()
+        g = torch.autograd.grad(loss, leaves, create_graph=True)
+        gv = sum((gi * vi.to(gi.dtype)).sum() for gi, vi in zip(g, vs))
+        hv = torch.autograd.grad(gv, leaves, create_graph=True)
+        third = torch.autograd.grad(sum((h * h).sum() for h in hv), leaves)
+        return [y, *g, *hv, *third]
+
+    leaves32 = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    leaves64 = [t.double().requires_grad_() for t in leaves32]
+    for a, r in zip(derivatives(onednn.linear_twice, leaves32), derivatives(F.linear, leaves64)):
+        assert a.shape == r.shape and _rel(a, r) < 1e-4
+
+
+def test_hessian_operator_runs_linear_layers_on_onednn_and_matches_float64(monkeypatch):
+    """HessianOperator(onednn=True) on an MLP: its HVPs go through oneDNN (counted) and equal the
+    float64 HVP of the same loss to float32 round-off; onednn=False makes no oneDNN call."""
+    from samedge.hessian import HessianOperator
+
+    torch.manual_seed(0)
+    model = MLP(50, 64, 2, 10)
+    x, y = torch.randn(2000, 50), torch.eye(10)[torch.randint(0, 10, (2000,))]
+    params = parameters_of(model)
+    calls = []
+    real = onednn._mm_t
+    monkeypatch.setattr(onednn, "_mm_t", lambda a, b: calls.append(1) or real(a, b))
+    v = torch.randn(sum(p.numel() for p in params.values()))
+    hv = HessianOperator(module_loss(model, squared_loss, x, y), params, onednn=True)(v)
+    routed = len(calls)
+    model64 = copy.deepcopy(model).double()
+    ref = HessianOperator(module_loss(model64, squared_loss, x.double(), y.double()), parameters_of(model64))(
+        v.double()
+    )
+    assert routed > 0 and _rel(hv, ref) < 1e-4
+    calls.clear()
+    HessianOperator(module_loss(model, squared_loss, x, y), params, onednn=False)(v)
+    assert not calls

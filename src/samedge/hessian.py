@@ -24,6 +24,8 @@ import torch
 from torch.func import grad as func_grad
 from torch.func import jvp
 
+from .onednn import linear_mode
+from .onednn import pays as onednn_pays
 from .vectors import Params, flatten, unflatten
 
 LossFn = Callable[[Params], torch.Tensor]
@@ -52,6 +54,7 @@ class HessianOperator:
         params: Params,
         method: HVPMethod = "double_backward",
         weights: Optional[Sequence[float]] = None,
+        onednn: Optional[bool] = None,
     ):
         if method not in ("double_backward", "forward_over_reverse"):
             raise ValueError(f"method must be 'double_backward' or 'forward_over_reverse', got {method!r}")
@@ -71,6 +74,9 @@ class HessianOperator:
         self.dtype, self.device = first.dtype, first.device
         self.calls = 0
         self._graph = None  # (leaf params, grads with graph), kept for a single closure
+        # Linear layers by oneDNN where it pays (samedge.onednn), double backward only: forward-
+        # mode AD does not go through its autograd.Function.
+        self.onednn = (onednn_pays(self.params) if onednn is None else bool(onednn)) and method == "double_backward"
 
     @classmethod
     def from_batches(
@@ -91,7 +97,9 @@ class HessianOperator:
         else:
             leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
             with torch.enable_grad():
-                grads = torch.autograd.grad(fn(leaves), list(leaves.values()), create_graph=True, allow_unused=True)
+                with linear_mode(self.onednn, twice=True):
+                    loss = fn(leaves)
+                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
             if retain:
                 self._graph = (leaves, grads)
         # A parameter that is unused or enters the loss linearly has a gradient without a graph
@@ -117,7 +125,8 @@ class HessianOperator:
             raise ValueError("loss_and_gradient needs a single loss closure and method='double_backward'")
         leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
         with torch.enable_grad():
-            loss = self.loss_fns[0](leaves)
+            with linear_mode(self.onednn, twice=True):
+                loss = self.loss_fns[0](leaves)
             grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
         self._graph = (leaves, grads)
         zero = lambda g, p: torch.zeros_like(p) if g is None else g.detach()

@@ -1,4 +1,4 @@
-"""Linear layers through oneDNN on CPU, for the training step (first derivatives only).
+"""Linear layers through oneDNN on CPU, for the training step and for Hessian-vector products.
 
 PyTorch's float32 CPU matmul is MKL's sgemm, and MKL takes its AVX2 path on non-Intel x86
 CPUs: on the AMD EPYC (AVX-512) this project is developed on, oneDNN (bundled with PyTorch)
@@ -11,8 +11,10 @@ bit-for-bit repeatable at a fixed thread count.
 (``nn.Linear`` included) of at least ``MIN_MACS`` multiply-adds to oneDNN while it is active;
 other calls are untouched (below that, oneDNN's fixed cost per call, ~50 us more than MKL's
 for a forward and backward, outweighs its faster kernel: the two break even near 2-3e6).
-Only first derivatives are provided (the backward is not differentiable again): Hessian-vector
-products use the default kernels.
+``linear_mode(twice=False)`` (the training step) gives first derivatives only, with the least
+overhead; ``linear_mode(twice=True)`` (Hessian-vector products by double backward) builds the
+layer from a product whose backward is made of the same product, so it can be differentiated
+again, and again (each derivative's matmuls by oneDNN too).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["available", "pays", "linear_mode", "linear", "MIN_MACS", "MIN_PARAMS"]
+__all__ = ["available", "pays", "linear_mode", "linear", "linear_twice", "MIN_MACS", "MIN_PARAMS"]
 
 MIN_MACS = 4_000_000  # rows x in x out of one linear call, the least routed to oneDNN
 MIN_PARAMS = 65_536  # parameters of a model, the fewest for which pays() chooses oneDNN
@@ -110,6 +112,44 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db
 
 
+class _T(torch.autograd.Function):
+    """A 2-D transpose into contiguous memory, both ways: autograd's own transpose hands its
+    gradient on as a strided view, and elementwise backward kernels (ReLU's) run ~6x slower on it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.t().contiguous()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _T.apply(g)
+
+
+class _MmT(torch.autograd.Function):
+    """a @ b^T by oneDNN, differentiable any number of times (its backward is two _MmT products)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return _mm_t(a, b)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad
+        da = _MmT.apply(g, _T.apply(b)) if need_a else None  # g b
+        db = _MmT.apply(_T.apply(g), _T.apply(a)) if need_b else None  # g^T a
+        return da, db
+
+
+def linear_twice(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """``F.linear`` through oneDNN, differentiable any number of times (CPU float32)."""
+    y = _MmT.apply(x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), weight)
+    if bias is not None:
+        y = y + bias
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def _routable(*ts) -> bool:
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in ts)
 
@@ -122,6 +162,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
 class _LinearMode(TorchFunctionMode):
     """Routes large F.linear calls on CPU float32 tensors to oneDNN; every other call runs unchanged."""
 
+    def __init__(self, twice: bool = False):
+        super().__init__()
+        self.twice = twice
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
@@ -130,17 +174,18 @@ class _LinearMode(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             big = x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= MIN_MACS
             if big and _routable(x, weight, bias):
-                return _Linear.apply(x, weight, bias)
+                return linear_twice(x, weight, bias) if self.twice else _Linear.apply(x, weight, bias)
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def linear_mode(enabled: bool = True) -> Iterator[None]:
-    """While active (and ``enabled``), F.linear on CPU float32 tensors runs through oneDNN."""
+def linear_mode(enabled: bool = True, twice: bool = False) -> Iterator[None]:
+    """While active (and ``enabled``), F.linear on CPU float32 tensors runs through oneDNN;
+    ``twice``: in a form that can be differentiated again (for Hessian-vector products)."""
     if not enabled:
         yield
         return
     if not available():
         raise RuntimeError("oneDNN linear layers are not available in this PyTorch build: use onednn=False")
-    with _LinearMode():
+    with _LinearMode(twice):
         yield
