@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.func import grad
 from torch.utils.benchmark import Timer
 
 import samedge
@@ -42,7 +41,9 @@ from samedge.hessian import (
 from samedge.loop import run
 from samedge.losses import module_loss, parameters_of, squared_loss
 from samedge.models import MLP
+from samedge.onednn import pays as onednn_pays
 from samedge.presets import load_preset
+from samedge.sam import _loss_and_grad
 
 
 def median_time(fn, min_run_time: float = 1.0) -> float:
@@ -83,16 +84,19 @@ def problem(n_train: int, width: int, depth: int, seed: int = 0):
 def hvp_costs(loss_fn, params, min_run_time: float) -> dict:
     """Seconds for a gradient and for one HVP by each method (double backward with the graph
     retained across HVPs, as Lanczos uses it, and with the graph built per call), interleaved."""
-    g = grad(loss_fn)
+    # The gradient as the SAM step computes it (oneDNN linear layers where they pay), the unit.
+    keys, values, fast = list(params), list(params.values()), onednn_pays(params)
     n = sum(p.numel() for p in params.values())
     v = torch.randn(n)
     op = HessianOperator(loss_fn, params, "double_backward")
+    mkl = HessianOperator(loss_fn, params, "double_backward", onednn=False)
     fo = HessianOperator(loss_fn, params, "forward_over_reverse")
     out = paired_times(
         {
-            "gradient": lambda: g(params),
+            "gradient": lambda: _loss_and_grad(loss_fn, keys, values, fast),
             "double_backward (retained graph)": lambda: op(v),
             "double_backward (graph per call)": lambda: HessianOperator(loss_fn, params, "double_backward")(v),
+            "double_backward (retained graph, MKL kernels)": lambda: mkl(v),
             "forward_over_reverse": lambda: fo(v),
         },
         4 * min_run_time,
@@ -449,7 +453,12 @@ def main() -> None:
         c = hvp_costs(loss_fn, params, mrt)
         costs_cpu = costs_cpu or c
         npar = sum(p.numel() for p in params.values())
-        for m in ["double_backward (retained graph)", "double_backward (graph per call)", "forward_over_reverse"]:
+        for m in [
+            "double_backward (retained graph)",
+            "double_backward (graph per call)",
+            "double_backward (retained graph, MKL kernels)",
+            "forward_over_reverse",
+        ]:
             say(
                 f"| {label} {width}x{depth} | {npar:,} | {n_train} | {c['gradient'] * 1e3:.1f} | {m} | {c[m] * 1e3:.1f} | {c[(m, 'ratio')]:.2f} |"
             )
