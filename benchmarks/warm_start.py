@@ -2,8 +2,9 @@
 
     SAMEDGE_DATA_DIR=... python benchmarks/warm_start.py --results DIR [--out benchmarks/WARM_START.md]
 
-Runs (or reloads from ``DIR/guarded`` and ``DIR/unguarded``) every run of the three experiment
-chapters at the `cpu` preset twice: with the guarded warm start of ``samedge.sharpness`` (the
+Runs (or reloads from ``DIR/guarded`` and ``DIR/unguarded``) every seed-0 run of the three
+experiment chapters at the `cpu` preset twice (``DIR/guarded`` may be the book's results
+directory, whose seed-0 runs are then reloaded): with the guarded warm start of ``samedge.sharpness`` (the
 default: previous eigenvector plus an equal-norm random vector, stopped on the residual test
 and the bound ``samedge.hessian.miss_bound``) and with the plain warm start from the previous
 eigenvector alone (``warm_mix = 0``, ``warm_min_iter = 1``, what the library did before any
@@ -38,7 +39,8 @@ def runs(root: Path, guarded: bool) -> dict:
     try:
         out = {}
         for task in TASKS:
-            for cfg in run_configs(task, resolve_params(task, "cpu", device="cpu")):
+            # The first seed's runs: the warm start is compared along the same trajectories.
+            for cfg in run_configs(task, resolve_params(task, "cpu", device="cpu", seed=0)):
                 rec = run(cfg, root / task / "cpu" / cfg.run_name(), progress=False)
                 out[(task, run_label(rec))] = rec
         return out
