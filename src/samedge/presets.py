@@ -17,7 +17,7 @@ import yaml
 from .config import ConfigError, RunConfig, resolve_device
 from .tasks import get_task
 
-__all__ = ["PRESETS", "PRESET_ENV_VAR", "preset_path", "load_preset", "resolve_params", "run_configs"]
+__all__ = ["PRESETS", "PRESET_ENV_VAR", "preset_path", "load_preset", "resolve_params", "run_configs", "check_seeds"]
 
 PRESET_ENV_VAR = "SAMEDGE_PRESET"
 PRESETS = ("smoke", "cpu", "paper")
@@ -79,11 +79,11 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
     params.update({k: _from_text(k, v, params[k]) for k, v in given.items() if v is not None})
     params["preset"] = name
     if given.get("seed") is not None and given.get("seeds") is not None:
-        if _check_seeds(params["seeds"]) != [params["seed"]]:
+        if check_seeds(params["seeds"]) != [params["seed"]]:
             raise ConfigError(f"seed={params['seed']!r} and seeds={params['seeds']!r} disagree; give only one of them")
     elif given.get("seed") is not None:
         params["seeds"] = [params["seed"]]  # an explicit seed wins over the preset's seeds
-    params["seeds"] = _check_seeds(params["seeds"] if params["seeds"] is not None else [params["seed"]])
+    params["seeds"] = check_seeds(params["seeds"] if params["seeds"] is not None else [params["seed"]])
     params["seed"] = params["seeds"][0]
     rhos = params["rhos"]
     if not isinstance(rhos, (list, tuple)) or not rhos:
@@ -107,7 +107,7 @@ def _from_text(name: str, value: Any, like: Any) -> Any:
         raise ConfigError(f"{name} must be {example}, got the text {value!r}") from None
 
 
-def _check_seeds(seeds: Any) -> List[int]:
+def check_seeds(seeds: Any) -> List[int]:
     """The seeds as a list of distinct non-negative integers, else an error naming the fix."""
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -139,5 +139,5 @@ def run_configs(task: str, params: Dict[str, Any]) -> List[RunConfig]:
         checkpoint_every=params["checkpoint_every"],
         allow_tf32=params["allow_tf32"],
     )
-    seeds = _check_seeds(params["seeds"] if params.get("seeds") is not None else [params["seed"]])
+    seeds = check_seeds(params["seeds"] if params.get("seeds") is not None else [params["seed"]])
     return [RunConfig(rho=rho, seed=seed, **common) for seed in seeds for rho in params["rhos"]]

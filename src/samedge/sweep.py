@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError, RunConfig, resolve_device
 from .experiment import results_root
 from .loop import CHECKPOINT, run
-from .presets import COMMON, resolve_params, run_configs
+from .presets import COMMON, check_seeds, resolve_params, run_configs
 from .record import RunRecord
 from .tasks import get_task
 
@@ -235,16 +235,9 @@ def plan(
     given.pop("device", None)
     grid = check_grid(task, grid or {}, given)
     if seeds is not None:
-        seeds = list(seeds)
-        if not seeds:
-            raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=[0, 1, 2]")
+        seeds = check_seeds(list(seeds))
         if "seed" in given:
             raise ConfigError(f"seed is set both as a parameter ({given['seed']!r}) and by seeds={seeds}; drop one")
-        for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ConfigError(f"seeds must be non-negative integers, got {s!r}")
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"seeds lists a seed twice: {seeds}")
     if results_dir is not None:
         given["results_dir"] = str(results_dir)
     runs: List[PlannedRun] = []
