@@ -200,3 +200,68 @@ def test_hessian_operator_runs_linear_layers_on_onednn_and_matches_float64(monke
     calls.clear()
     HessianOperator(module_loss(model, squared_loss, x, y), params, onednn=False)(v)
     assert not calls
+
+
+def _layout(t: torch.Tensor) -> str:
+    return "plain" if t.is_contiguous() else "transposed" if t.t().is_contiguous() else "other"
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("transposed", [None, False, True])
+def test_product_is_a_at_b_in_the_layout_asked(ta, tb, transposed):
+    """_product(a, b) equals float64 a @ b for every layout of a and b; asked for a layout it gives
+    it, and left to choose it takes the one that needs no copy of either operand."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(7, 5, generator=gen).t() if ta else torch.randn(5, 7, generator=gen)
+    b = torch.randn(6, 7, generator=gen).t() if tb else torch.randn(7, 6, generator=gen)
+    out = onednn._product(a, b, transposed)
+    assert out.shape == (5, 6) and _rel(out, a.double() @ b.double()) < 1e-6
+    if transposed is not None:
+        assert _layout(out) == ("transposed" if transposed else "plain")
+    elif not ta:
+        assert _layout(out) == "plain"  # a is contiguous: a first
+    elif tb:
+        assert _layout(out) == "transposed"  # b^T is contiguous: b^T first
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_routed_layers_keep_the_feature_major_layout_forward_and_back(twice):
+    """Under linear_mode a 2-D layer's output is feature-major (a transposed view), ReLU keeps it,
+    the next layer is routed at any size, and the gradient of a feature-major activation comes
+    back feature-major (a mix of layouts would slow elementwise kernels several times)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 9, generator=gen)
+    w1 = torch.randn(12_000, 9, generator=gen).mul_(0.1).requires_grad_()  # >= MIN_MACS
+    w2 = torch.randn(3, w1.shape[0], generator=gen).mul_(0.01).requires_grad_()  # small: routed as fm
+    with onednn.linear_mode(twice=twice):
+        h = F.relu(F.linear(x, w1))
+        y = F.linear(h, w2)
+    assert x.numel() * w1.shape[0] >= onednn.MIN_MACS
+    assert _layout(h) == "transposed" and _layout(y) == "transposed"
+    fns = type(y.grad_fn).__name__ + type(y.grad_fn.next_functions[0][0]).__name__  # twice: a view of a _Product
+    assert ("_Product" if twice else "_Linear") in fns
+    (gh,) = torch.autograd.grad((y**2).sum(), h, create_graph=twice)
+    assert _layout(gh) == "transposed"
+    want = 2 * (h.detach().double() @ w2.detach().double().T) @ w2.detach().double()
+    assert _rel(gh, want) < 1e-5
+
+
+def test_relu_under_twice_mode_has_exact_second_derivatives():
+    """linear_mode(twice=True) runs ReLU as _Relu (whose double backward builds no zero gradient
+    for the activation): the HVP through it equals float64 autograd's."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 8, generator=gen)
+    w = torch.randn(5, 8, generator=gen).requires_grad_()
+    v = torch.randn(5, 8, generator=gen)
+
+    def hvp(w, relu):
+        g = torch.autograd.grad((relu(x.to(w.dtype) @ w.T) ** 3).sum(), w, create_graph=True)[0]
+        return torch.autograd.grad((g * v.to(w.dtype)).sum(), w)[0]
+
+    with onednn.linear_mode(twice=True):
+        assert type(F.relu(x @ w.T).grad_fn).__name__.startswith("_Relu")
+        assert type(torch.relu(x @ w.T).grad_fn).__name__.startswith("_Relu")
+        got = hvp(w, F.relu)
+    ref = hvp(w.detach().double().requires_grad_(), F.relu)
+    assert _rel(got, ref) < 1e-5

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import platform
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +85,35 @@ def pays(params: Mapping[str, torch.Tensor]) -> bool:
     )
 
 
+def _transposed(t: torch.Tensor) -> bool:
+    """Whether a 2-D tensor is the transposed view of a contiguous one (feature-major)."""
+    return t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous()
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, transposed: Optional[bool] = None) -> torch.Tensor:
+    """a @ b (2-D) by oneDNN, as a plain tensor or (``transposed``) the transposed view of one;
+    None: whichever needs no copy.
+
+    oneDNN's first operand must be contiguous (the second may have any strides), so a plain
+    result is a (b^T)^T with ``a`` first and a transposed one (b^T a^T)^T with b^T first; the
+    first operand is copied when it is not contiguous. A transposing copy costs about a tenth
+    of the product (PyTorch's is serial), and elementwise kernels on a mix of layouts (ReLU's
+    backward on a gradient laid out unlike its activation) run 5-30x slower than on one."""
+    bt = b.t()
+    if transposed is None:
+        transposed = not a.is_contiguous() and (bt.is_contiguous() or bt.numel() < a.numel())
+    if transposed:
+        return _mm_t(bt.contiguous(), a).t()
+    return _mm_t(a.contiguous(), bt)
+
+
 class _Linear(torch.autograd.Function):
-    """y = x W^T + b with the three products (forward, d/dx, d/dW) by oneDNN."""
+    """y = x W^T + b with the three products (forward, d/dx, d/dW) by oneDNN, first derivatives only.
+
+    A 2-D input gives y as the transposed view of W x^T ("feature-major"): the next layer reads
+    it as it is, elementwise layers (ReLU) keep its layout, and in the backward dy^T is then
+    contiguous, so d/dW = dy^T x needs no transposing copy of dy (one per layer otherwise, ~15%
+    of a step of the MNIST MLP). Other inputs keep the usual layout."""
 
     # forward(ctx, ...) rather than setup_context: apply() then skips binding the signature
     # (inspect), about 50 us a call; torch.func transforms are not needed here.
@@ -95,7 +122,10 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         if x.dim() == 2:
-            return _op()(x, weight, bias, "none", [], "")
+            y = _product(weight, x.t())
+            if bias is not None:
+                y.add_(bias[:, None])
+            return y.t()
         y = _op()(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
@@ -106,48 +136,63 @@ class _Linear(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         dy2 = dy if dy.dim() == 2 else dy.reshape(-1, dy.shape[-1])
-        dx = _mm_t(dy2, weight.t()).reshape(x.shape) if need_x else None  # dy W
-        dw = _mm_t(dy2.t(), x2.t()) if need_w else None  # dy^T x (oneDNN copies dy^T, the smaller)
+        # Each gradient in its tensor's layout, so that elementwise backward kernels see one layout.
+        dx = _product(dy2, weight, _transposed(x2)).reshape(x.shape) if need_x else None  # dy W
+        dw = _product(dy2.t(), x2, False) if need_w else None  # dy^T x
         db = dy2.sum(0) if ctx.has_bias and need_b else None
         return dx, dw, db
 
 
-class _T(torch.autograd.Function):
-    """A 2-D transpose into contiguous memory, both ways: autograd's own transpose hands its
-    gradient on as a strided view, and elementwise backward kernels (ReLU's) run ~6x slower on it."""
+class _Product(torch.autograd.Function):
+    """a @ b by oneDNN (``_product``), differentiable any number of times: its backward is two
+    such products of views, g b^T and a^T g."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.t().contiguous()
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        return _T.apply(g)
-
-
-class _MmT(torch.autograd.Function):
-    """a @ b^T by oneDNN, differentiable any number of times (its backward is two _MmT products)."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, transposed: Optional[bool] = None) -> torch.Tensor:
         ctx.save_for_backward(a, b)
-        return _mm_t(a, b)
+        out = _product(a, b, transposed)
+        ctx.transposed = _transposed(out)
+        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         a, b = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad
-        da = _MmT.apply(g, _T.apply(b)) if need_a else None  # g b
-        db = _MmT.apply(_T.apply(g), _T.apply(a)) if need_b else None  # g^T a
-        return da, db
+        need_a, need_b = ctx.needs_input_grad[:2]
+        if _transposed(g) != ctx.transposed:  # g in the output's layout, once, here (e.g. from a loss)
+            g = g.t().contiguous().t() if ctx.transposed else g.contiguous()
+        # Each gradient in its operand's layout (see _product).
+        da = _Product.apply(g, b.t(), _transposed(a)) if need_a else None
+        db = _Product.apply(a.t(), g, _transposed(b)) if need_b else None
+        return da, db, None
 
 
 def linear_twice(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    """``F.linear`` through oneDNN, differentiable any number of times (CPU float32)."""
-    y = _MmT.apply(x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), weight)
+    """``F.linear`` through oneDNN, differentiable any number of times (CPU float32); a 2-D
+    input gives the feature-major layout of ``_Linear``."""
+    if x.dim() == 2:
+        y = _Product.apply(weight, x.t()).t()
+    else:
+        y = _Product.apply(x.reshape(-1, x.shape[-1]), weight.t())
     if bias is not None:
         y = y + bias
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class _Relu(torch.autograd.Function):
+    """ReLU whose backward masks with the detached output: the same derivatives (ReLU's second
+    derivative is zero), but a double backward builds no zero gradient for the activation
+    (autograd's own ReLU does, a fill and an add per layer and HVP)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(g, out.detach(), 0)
 
 
 def _routable(*ts) -> bool:
@@ -173,8 +218,14 @@ class _LinearMode(TorchFunctionMode):
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             big = x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= MIN_MACS
-            if big and _routable(x, weight, bias):
+            # A feature-major input (a routed layer's output) is routed at any size: elementwise
+            # kernels on a mix of layouts (ReLU's backward) run several times slower.
+            fm = x.dim() == 2 and weight.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
+            if (big or fm) and _routable(x, weight, bias):
                 return linear_twice(x, weight, bias) if self.twice else _Linear.apply(x, weight, bias)
+        elif self.twice and func in (F.relu, torch.relu, torch.Tensor.relu) and not kwargs.get("inplace", False):
+            if len(args) == 1 and isinstance(args[0], torch.Tensor) and _routable(args[0]):
+                return _Relu.apply(args[0])
         return func(*args, **kwargs)
 
 
