@@ -5,8 +5,8 @@
 
 (or ``python benchmarks/bench.py``, whose section 3 runs it). jax is not in requirements.txt;
 ``--no-deps`` keeps the venv's own numpy and scipy in charge (jax needs both). Without jax,
-``jax_missing()`` says so and the benchmark skips this comparison. At one torch thread XLA is
-held to one thread too; otherwise it keeps its default (all cores).
+``jax_missing()`` says so and the benchmark skips this comparison. At one torch thread the
+process is pinned to one core, so XLA gets one too; otherwise it keeps its default (all cores).
 
 What is theirs and what is not. Only the update rule is google-deepmind/sam_edge's
 (``sam_edge.py``: ``sam_neighbor`` and ``update``, one ``jit``):
@@ -45,10 +45,16 @@ def jax_missing() -> Optional[str]:
 
 
 def _match_threads() -> str:
-    """Give XLA the threads torch uses (1 thread: no multi-threaded Eigen), before jax starts."""
+    """Give XLA the cores torch uses, before jax starts: at one torch thread the process is
+    pinned to one core (jax 0.10's CPU runtime still ran two threads under the old XLA_FLAGS
+    recipe, ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``: its CPU
+    time was twice its wall time)."""
     threads = torch.get_num_threads()
-    if threads == 1 and "jax" not in sys.modules and "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    if threads == 1 and hasattr(os, "sched_setaffinity"):
+        cores = os.sched_getaffinity(0)
+        if len(cores) > 1:
+            os.sched_setaffinity(0, {min(cores)})
+        return "process pinned to one core"
     flags = os.environ.get("XLA_FLAGS", "")
     return f"XLA_FLAGS='{flags}'" if flags else "XLA default threads (all cores)"
 

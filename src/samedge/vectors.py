@@ -34,7 +34,13 @@ def _flat(x: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
 
 def norm(u: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """Euclidean norm of a parameter-shaped vector, over all its tensors together."""
-    return torch.linalg.vector_norm(_flat(u))
+    if isinstance(u, torch.Tensor):
+        return torch.linalg.vector_norm(u.reshape(-1))
+    ts = list(u.values())
+    if ts and len({(t.dtype, t.device) for t in ts}) == 1:
+        # the norm of the per-tensor norms: one call, and no concatenated copy of the vector
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts)))
+    return torch.linalg.vector_norm(flatten(u))
 
 
 def alignment(u: Mapping[str, torch.Tensor] | torch.Tensor, v: Mapping[str, torch.Tensor] | torch.Tensor) -> float:
@@ -48,4 +54,9 @@ def alignment(u: Mapping[str, torch.Tensor] | torch.Tensor, v: Mapping[str, torc
 
 def add_scaled(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], scale: float | torch.Tensor) -> Params:
     """Return ``a + scale * b`` key by key."""
+    keys = list(a)
+    ta, tb = [a[k] for k in keys], [b[k] for k in keys]
+    if keys and len({(t.dtype, t.device) for t in ta + tb}) == 1:
+        # one foreach call for all tensors (scale as a number: foreach's alpha)
+        return dict(zip(keys, torch._foreach_add(ta, tb, alpha=float(scale))))
     return {k: a[k] + scale * b[k] for k in a}
