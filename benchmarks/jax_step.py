@@ -155,6 +155,15 @@ def compare(
 ) -> dict:
     """Our SAM step against the authors' jit-compiled JAX step on the same arrays, timed in
     interleaved rounds by ``paired_times``; ratio = ours / JAX (median over rounds)."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        return _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds)
+    finally:  # the caller's cores back (this thread's; the threads jax started keep theirs)
+        if cores is not None and os.sched_getaffinity(0) != cores:
+            os.sched_setaffinity(0, cores)
+
+
+def _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds) -> dict:
     import samedge
     from samedge import onednn
 
