@@ -201,7 +201,10 @@ def _start_vector(n: int, v0: Optional[torch.Tensor], dtype, device, seed: int) 
         if nv > 0 and torch.isfinite(nv):
             return v / nv
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    # Drawn in the working precision when it is float32 (float64 draws take 6x longer), on the
+    # CPU generator whatever the device, so a seed gives the same start everywhere.
+    draw = torch.float32 if dtype == torch.float32 else torch.float64
+    v = torch.randn(n, generator=gen, dtype=draw).to(dtype=dtype, device=device)
     return v / torch.linalg.vector_norm(v)
 
 
@@ -281,8 +284,9 @@ def lanczos(
         raise ValueError(f"min_iter must be >= 1, got {min_iter}")
     min_iter = min(min_iter, max_iter)
     q = _start_vector(size, v0, dtype, device, seed)
-    # The basis grows in chunks: a warm-started run needs a few rows, not max_iter of them.
-    Q = torch.empty(min(max_iter, 16), size, dtype=dtype, device=device)
+    # The basis grows by doubling; 64 rows cover a typical run without a copy (rows not yet
+    # written cost no memory).
+    Q = torch.empty(min(max_iter, 64), size, dtype=dtype, device=device)
     alphas, betas = [], []
     converged, beta, history = False, None, []
     log_betas = 0.0  # log of beta_1 ... beta_j: ||chi_j(H) q_1|| for the Lanczos polynomial chi_j
@@ -291,16 +295,19 @@ def lanczos(
             Q = torch.cat([Q, torch.empty(min(Q.shape[0], max_iter - j), size, dtype=dtype, device=device)])
         Q[j] = q
         w = matvec(q).to(dtype)
-        # Classical Gram-Schmidt against the whole basis, twice ("twice is enough" against
-        # round-off drift). The coefficient on q is alpha; the pass also removes the three-term
-        # recurrence's beta q_{j-1}, so no separate recurrence step (each pass reads Q twice:
-        # memory-bound, written as (Q w) Q so that both products read Q row-major).
+        # The three-term recurrence, then one classical Gram-Schmidt pass against the whole
+        # basis: together the "twice is enough" pair, the recurrence as the first pass (it removes
+        # all but round-off of w's components on the basis) and the full pass the second. The
+        # full pass is memory-bound: it reads Q twice, as (Q w) Q so that both products read it
+        # row-major; a second full pass instead of the recurrence would read it twice more.
+        alpha = torch.dot(q, w)
+        w = w - alpha * q
+        if j > 0:
+            w = w - betas[-1] * Q[j - 1]
         basis = Q[: j + 1]
-        c1 = basis @ w
-        w = w - c1 @ basis
-        c2 = basis @ w
-        w = w - c2 @ basis
-        alpha = c1[j] + c2[j]
+        c = basis @ w
+        w = w - c @ basis
+        alpha = alpha + c[j]
         beta = torch.linalg.vector_norm(w)
         if not (torch.isfinite(alpha) and torch.isfinite(beta)):
             # A non-finite HVP (a diverged run): report NaN, unconverged, rather than fail in eigh.
