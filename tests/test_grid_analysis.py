@@ -160,6 +160,8 @@ def test_edge_facts_and_per_seed_ratios_by_hand():
     text = edge_facts_sentence(t)
     assert "more aligned with the top eigenvector than the gradient in 1 of 1" in text
     assert "GD starts at a sharpness of 3.5 = 0.88 x 2/eta" in text and "at step 38" in text
+    # one SAM setting: each range is a single number, not "0.50 to 0.50"
+    assert "SAM-edge is 0.50 times 2/eta" in text and "median |cos| 0.60, against" in text and " to " not in text
     wide = per_seed_ratios([gd0, gd1, sam0])
     assert list(wide.columns) == ["run", "seed 0", "seed 1"]
     assert wide.iloc[0]["seed 0"] == pytest.approx(1.0) and wide.iloc[0]["seed 1"] == pytest.approx(1.0)

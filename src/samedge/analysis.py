@@ -312,18 +312,22 @@ def edge_facts_sentence(facts: pd.DataFrame) -> str:
     gradient is more aligned with the top eigenvector than the gradient."""
     sam, gd = facts[facts["rho"] > 0], facts[facts["rho"] == 0]
     parts = []
+
+    def span(col: pd.Series) -> str:  # "0.24" rather than "0.24 to 0.24"
+        lo, hi = f"{col.min():.2f}", f"{col.max():.2f}"
+        return lo if lo == hi else f"{lo} to {hi}"
+
     if len(sam):
         a, b = sam["edge / (2/eta) at start"], sam["edge / (2/eta), 2nd half"]
         parts.append(
-            f"At the first measurement the SAM-edge is {a.min():.2f} to {a.max():.2f} times 2/eta over the SAM "
-            f"radii, and {b.min():.2f} to {b.max():.2f} times 2/eta over the second half (medians)"
+            f"At the first measurement the SAM-edge is {span(a)} times 2/eta over the SAM "
+            f"radii, and {span(b)} times 2/eta over the second half (medians)"
         )
         more = sam["|cos(g_SAM, u)| median"] > sam["|cos(g, u)| median"]
         parts.append(
             f"the SAM gradient is more aligned with the top eigenvector than the gradient in {int(more.sum())} of "
-            f"{len(sam)} SAM settings (median |cos| {sam['|cos(g_SAM, u)| median'].min():.2f} to "
-            f"{sam['|cos(g_SAM, u)| median'].max():.2f}, against {sam['|cos(g, u)| median'].min():.2f} to "
-            f"{sam['|cos(g, u)| median'].max():.2f} for the gradient)"
+            f"{len(sam)} SAM settings (median |cos| {span(sam['|cos(g_SAM, u)| median'])}, against "
+            f"{span(sam['|cos(g, u)| median'])} for the gradient)"
         )
     if len(gd):
         g = gd.iloc[0]
