@@ -34,3 +34,12 @@ def test_add_scaled_is_a_plus_scale_b_key_by_key():
             assert out[k].dtype == a[k].dtype and torch.allclose(out[k].double(), want, atol=1e-6)
     mixed = add_scaled({"w": a["w"].double()}, {"w": b["w"]}, 0.5)
     assert mixed["w"].dtype == torch.float64
+
+
+def test_add_scaled_keeps_the_graph_of_a_traced_scale():
+    """A scale that requires grad stays differentiable: d(sum(a + s b))/ds = sum(b)."""
+    a, b = _tree(seed=3), _tree(seed=4)
+    s = torch.tensor(0.3, requires_grad=True)
+    out = add_scaled(a, b, s)
+    (ds,) = torch.autograd.grad(sum(t.sum() for t in out.values()), s)
+    assert abs(float(ds) - float(sum(t.double().sum() for t in b.values()))) < 1e-4

@@ -56,7 +56,8 @@ def add_scaled(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], sca
     """Return ``a + scale * b`` key by key."""
     keys = list(a)
     ta, tb = [a[k] for k in keys], [b[k] for k in keys]
-    if keys and len({(t.dtype, t.device) for t in ta + tb}) == 1:
+    traced = isinstance(scale, torch.Tensor) and scale.requires_grad  # alpha would cut its graph
+    if keys and not traced and len({(t.dtype, t.device) for t in ta + tb}) == 1:
         # one foreach call for all tensors (scale as a number: foreach's alpha)
         return dict(zip(keys, torch._foreach_add(ta, tb, alpha=float(scale))))
     return {k: a[k] + scale * b[k] for k in a}
