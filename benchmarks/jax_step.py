@@ -164,6 +164,7 @@ def compare(
 
 
 def _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds) -> dict:
+    """``compare`` on whatever cores the process has (the caller restores them)."""
     import samedge
     from samedge import onednn
 

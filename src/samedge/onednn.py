@@ -51,7 +51,7 @@ def _op():
 
 
 def _mm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b.T by oneDNN (2-D, float32, CPU; any strides)."""
+    """a @ b.T by oneDNN (2-D, float32, CPU; b with any strides, a non-contiguous a is copied)."""
     return _op()(a, b, None, "none", [], "")
 
 
@@ -231,8 +231,7 @@ class _LinearMode(TorchFunctionMode):
             big = x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= MIN_MACS
             # A feature-major input (a routed layer's output) is routed at any size: elementwise
             # kernels on a mix of layouts (ReLU's backward) run several times slower.
-            fm = x.dim() == 2 and weight.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
-            if (big or fm) and _routable(x, weight, bias):
+            if (big or (_transposed(x) and weight.dim() == 2)) and _routable(x, weight, bias):
                 return linear_twice(x, weight, bias) if self.twice else _Linear.apply(x, weight, bias)
         elif self.twice and func in (F.relu, torch.relu, torch.Tensor.relu) and not kwargs.get("inplace", False):
             if len(args) == 1 and isinstance(args[0], torch.Tensor) and _routable(args[0]):
