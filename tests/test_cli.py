@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from samedge.analysis import MEDIAN_RATIO
 from samedge.cli import main
 from samedge.config import RunConfig
 
@@ -156,7 +157,7 @@ def test_sweep_debug_executor_then_summarize(tmp_path, capsys):
     assert len(table) == 2 and sorted(table["rho"]) == [0.0, 0.05] and set(table["seed"]) == {4}
     for _, row in table.iterrows():
         d = tmp_path / row["run directory"]
-        assert row["median ratio (2nd half)"] == pytest.approx(second_half_median(d), rel=1e-12)
+        assert row[MEDIAN_RATIO] == pytest.approx(second_half_median(d), rel=1e-12)
         line = next(ln for ln in out.splitlines() if row["run directory"] in ln)
         assert f"{second_half_median(d):.4g}" in line.split()
     assert "2 runs under" in out

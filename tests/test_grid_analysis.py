@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from samedge.analysis import setting_table
+from samedge.analysis import (
+    FINAL_TRAIN_LOSS,
+    MEDIAN_H,
+    MEDIAN_RATIO,
+    RATIO_MAX,
+    RATIO_MIN,
+    RATIO_SD,
+    TEST_LOSS,
+    setting_table,
+)
 from samedge.config import RunConfig
 from samedge.record import RunRecord
 
@@ -101,13 +110,13 @@ def test_seed_table_mean_and_spread_over_seeds():
     t = seed_table(recs)
     assert list(t["run"]) == ["GD", "SAM rho=0.1"] and list(t["seeds"]) == [2, 3]
     gd, sam = t.iloc[0], t.iloc[1]
-    assert gd["median ratio (2nd half)"] == pytest.approx(1.05)
-    assert (gd["ratio min"], gd["ratio max"]) == pytest.approx((1.0, 1.1))
-    assert gd["ratio sd"] == pytest.approx(math.sqrt(0.005))
-    assert sam["median ratio (2nd half)"] == pytest.approx((1.05 + 1.2 + 0.9) / 3)
-    assert (sam["ratio min"], sam["ratio max"]) == pytest.approx((0.9, 1.2))
-    assert sam["median ||H|| (2nd half)"] == pytest.approx(2.0 * (1.05 + 1.2 + 0.9) / 3)
-    assert sam["final train loss"] == pytest.approx(0.4) and sam["test loss"] == pytest.approx(0.5)
+    assert gd[MEDIAN_RATIO] == pytest.approx(1.05)
+    assert (gd[RATIO_MIN], gd[RATIO_MAX]) == pytest.approx((1.0, 1.1))
+    assert gd[RATIO_SD] == pytest.approx(math.sqrt(0.005))
+    assert sam[MEDIAN_RATIO] == pytest.approx((1.05 + 1.2 + 0.9) / 3)
+    assert (sam[RATIO_MIN], sam[RATIO_MAX]) == pytest.approx((0.9, 1.2))
+    assert sam[MEDIAN_H] == pytest.approx(2.0 * (1.05 + 1.2 + 0.9) / 3)
+    assert sam[FINAL_TRAIN_LOSS] == pytest.approx(0.4) and sam[TEST_LOSS] == pytest.approx(0.5)
     text = interpret_ratios(t, band=(0.9, 1.15))
     assert "For 1 of 1 SAM settings" in text and "spans at most 0.300" in text and "seeds 1.000 to 1.100" in text
     assert "outside" not in text

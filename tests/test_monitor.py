@@ -15,6 +15,7 @@ from torch import nn
 
 from conftest import reference_hessian
 from samedge import SAM, EdgeMonitor
+from samedge.analysis import MEDIAN_RATIO
 from samedge.edge import momentum_edge
 
 F64 = torch.float64
@@ -261,7 +262,7 @@ def test_save_is_a_run_record_that_plots_and_tables_read(tmp_path):
     assert rec.config.task == "custom" and rec.config.rule == "sam" and rec.config.steps == 6
     t = ratio_table([rec])
     assert t["run"].iloc[0] == "SAM rho=0.05"
-    assert t["median ratio (2nd half)"].iloc[0] == pytest.approx(float(df[df["step"] >= 3]["ratio"].median()))
+    assert t[MEDIAN_RATIO].iloc[0] == pytest.approx(float(df[df["step"] >= 3]["ratio"].median()))
     for fig in (plots.plot_sharpness(rec), plots.plot_edge_ratio(rec), plots.plot_alignment(rec), plots.plot_loss(rec)):
         assert fig.axes
     with pytest.raises(ValueError, match="cannot rerun"):

@@ -14,7 +14,6 @@ import torch
 from samedge import gd_edge, sam_edge, unnormalized_sam_edge
 from samedge.quadratic import (
     Quadratic,
-    edge_of,
     growth_map,
     run_sam,
     sharpening_loss,
@@ -133,12 +132,6 @@ def test_two_cycle_closed_form_and_errors():
         two_cycle(0.1, 0.05, 20.0)
     with pytest.raises(ValueError, match="rho"):
         two_cycle(0.1, -1.0, 5.0)
-
-
-def test_edge_of():
-    assert edge_of(0.1, 0.0, 3.0) == 20.0
-    assert edge_of(0.1, 0.05, 3.0) == sam_edge(0.1, 0.05, 3.0)
-    assert edge_of(0.1, 0.05, 3.0, normalize=False) == unnormalized_sam_edge(0.1, 0.05)
 
 
 def test_sharpening_loss_gradient_hessian_and_sam_settling():

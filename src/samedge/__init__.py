@@ -2,6 +2,7 @@
 
 from .edge import gd_edge, momentum_edge, sam_edge, unnormalized_sam_edge
 from .hessian import (
+    DEFAULT_TOL,
     EigenResult,
     FiniteDifferenceHessianOperator,
     HessianOperator,
@@ -12,6 +13,7 @@ from .hessian import (
     sharpness,
 )
 from .monitor import EdgeMonitor
+from .monitor_record import MonitorRecord
 from .sam import SAM, SAMStep, ascent_point, sam_step
 from .vectors import alignment, flatten, unflatten
 
@@ -22,6 +24,7 @@ __all__ = [
     "momentum_edge",
     "sam_edge",
     "unnormalized_sam_edge",
+    "DEFAULT_TOL",
     "EigenResult",
     "FiniteDifferenceHessianOperator",
     "HessianOperator",
@@ -31,6 +34,7 @@ __all__ = [
     "power_iteration",
     "sharpness",
     "EdgeMonitor",
+    "MonitorRecord",
     "SAM",
     "SAMStep",
     "ascent_point",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
-from .record import (
+from .columns import (
     ALIGN_GRAD,
     ALIGN_SAM_GRAD,
     ASCENT_OP_NORM,
@@ -17,11 +17,29 @@ from .record import (
     SHARPNESS_AND_EDGE,
     STEP,
     TRAIN_LOSS,
-    RunRecord,
-    second_half,
 )
+from .monitor_record import MonitorRecord
+from .record import RunRecord, second_half
 
 __all__ = [
+    "AnyRecord",
+    "MEDIAN_H",
+    "MEDIAN_EDGE",
+    "MEDIAN_RATIO",
+    "RATIO_MIN",
+    "RATIO_MAX",
+    "RATIO_SD",
+    "FINAL_TRAIN_LOSS",
+    "TEST_LOSS",
+    "TRAIN_ACCURACY",
+    "TEST_ACCURACY",
+    "TWO_OVER_ETA",
+    "DIVERGED_AT",
+    "RUNS_DIVERGED",
+    "SEEDS_IN_BAND",
+    "IN_BAND",
+    "BAND_LOW",
+    "BAND_HIGH",
     "BANDS",
     "DEFAULT_BAND",
     "band_of",
@@ -37,6 +55,29 @@ __all__ = [
     "edge_facts_sentence",
 ]
 
+# A run's record or a monitor's: both have frame, label, steps, eta, rho, seed, rule, diverged_at.
+AnyRecord = Union[RunRecord, MonitorRecord]
+
+# The display names of the tables' columns, one constant each (tables, plots, notebooks and tests
+# use these names).
+MEDIAN_H = "median ||H|| (2nd half)"
+MEDIAN_EDGE = "median SAM-edge (2nd half)"
+MEDIAN_RATIO = "median ratio (2nd half)"
+RATIO_MIN = "ratio min"
+RATIO_MAX = "ratio max"
+RATIO_SD = "ratio sd"
+FINAL_TRAIN_LOSS = "final train loss"
+TEST_LOSS = "test loss"
+TRAIN_ACCURACY = "train accuracy"
+TEST_ACCURACY = "test accuracy"
+TWO_OVER_ETA = "2/eta"
+DIVERGED_AT = "diverged at"
+RUNS_DIVERGED = "runs diverged"
+SEEDS_IN_BAND = "seeds in band"
+IN_BAND = "in band"
+BAND_LOW = "band low"
+BAND_HIGH = "band high"
+
 # Where a median ratio (||H||_op / the run's own edge, median over the second half) counts as
 # "at the edge", fixed before the runs of this version, for every task and for SAM and GD alike;
 # only the kind of gradient decides. book/methods.md ("What counts as at the edge") says why.
@@ -44,12 +85,12 @@ BANDS = {"full batch": (0.9, 1.15), "minibatch": (0.8, 1.25)}
 DEFAULT_BAND = BANDS["full batch"]
 
 
-def batching_of(rec: RunRecord) -> str:
+def batching_of(rec: AnyRecord) -> str:
     """'full batch' or 'minibatch': whether the run's gradients came from the whole training set."""
-    return "full batch" if rec.config.batch_size is None else "minibatch"
+    return rec.batching
 
 
-def band_of(records: Sequence[RunRecord]) -> Tuple[float, float]:
+def band_of(records: Sequence[AnyRecord]) -> Tuple[float, float]:
     """The band of these runs (``BANDS`` by their batching), which must all be of one kind."""
     kinds = {batching_of(r) for r in records}
     if len(kinds) != 1:
@@ -57,17 +98,12 @@ def band_of(records: Sequence[RunRecord]) -> Tuple[float, float]:
     return BANDS[kinds.pop()]
 
 
-def run_label(rec: RunRecord) -> str:
-    """'GD' or 'SAM rho=0.05' (with 'unnormalized' when so); a monitor's record carries its own label."""
-    if "label" in rec.summary:
-        return str(rec.summary["label"])
-    c = rec.config
-    if c.rho == 0:
-        return "GD"
-    return f"{'SAM' if c.normalize else 'unnormalized SAM'} rho={c.rho:g}"
+def run_label(rec: AnyRecord) -> str:
+    """'GD', 'SAM rho=0.05' (with 'unnormalized' when so), or a monitor record's own label."""
+    return rec.label
 
 
-def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFrame:
+def ratio_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFrame:
     """Per run: median sharpness/SAM-edge over the second half of training, and context.
 
     ``column="eval_ratio"`` reports the fixed evaluation batch instead (its ||H|| and SAM-edge too)."""
@@ -76,25 +112,25 @@ def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFra
     rows = []
     for r in records:
         df = r.frame
-        half = second_half(df, r.config.steps)
+        half = second_half(df, r.steps)
         # A record without the eval columns (a full-batch run) falls back to the training ones.
         h_col, e_col = SHARPNESS_AND_EDGE[column if column in df else RATIO]
         rows.append(
             {
                 "run": run_label(r),
-                "rho": r.config.rho,
-                "eta": r.config.eta,
-                "seed": r.config.seed,
-                "2/eta": 2 / r.config.eta,
-                "median ||H|| (2nd half)": float(half[h_col].median()) if len(half) else float("nan"),
-                "median SAM-edge (2nd half)": float(half[e_col].median()) if len(half) else float("nan"),
-                "median ratio (2nd half)": r.median_ratio(column),
-                "final train loss": float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
-                "test loss": r.summary.get("test_loss", float("nan")),
-                "train accuracy": r.summary.get("final_train_accuracy", float("nan")),
-                "test accuracy": r.summary.get("test_accuracy", float("nan")),
+                "rho": r.rho,
+                "eta": r.eta,
+                "seed": r.seed,
+                TWO_OVER_ETA: 2 / r.eta,
+                MEDIAN_H: float(half[h_col].median()) if len(half) else float("nan"),
+                MEDIAN_EDGE: float(half[e_col].median()) if len(half) else float("nan"),
+                MEDIAN_RATIO: r.median_ratio(column),
+                FINAL_TRAIN_LOSS: float(df[TRAIN_LOSS].iloc[-1]) if len(df) else float("nan"),
+                TEST_LOSS: r.summary.get("test_loss", float("nan")),
+                TRAIN_ACCURACY: r.summary.get("final_train_accuracy", float("nan")),
+                TEST_ACCURACY: r.summary.get("test_accuracy", float("nan")),
                 "diverged": r.diverged,
-                "diverged at": r.summary.get("diverged_at"),
+                DIVERGED_AT: r.diverged_at,
             }
         )
     return pd.DataFrame(rows)
@@ -102,17 +138,17 @@ def ratio_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFra
 
 # The per-run numbers seed_table averages over the seeds (the ratio also gets its min and max).
 _MEANS = [
-    "median ||H|| (2nd half)",
-    "median SAM-edge (2nd half)",
-    "median ratio (2nd half)",
-    "final train loss",
-    "test loss",
-    "train accuracy",
-    "test accuracy",
+    MEDIAN_H,
+    MEDIAN_EDGE,
+    MEDIAN_RATIO,
+    FINAL_TRAIN_LOSS,
+    TEST_LOSS,
+    TRAIN_ACCURACY,
+    TEST_ACCURACY,
 ]
 
 
-def seed_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFrame:
+def seed_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFrame:
     """``ratio_table`` with one row per setting (run label, rho, eta) instead of per run: the mean
     over the seeds of each run's medians and losses, with the ratio's min, max and standard
     deviation over the seeds, the number of seeds and how many diverged."""
@@ -121,17 +157,17 @@ def seed_table(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFram
         raise ValueError("records is empty; give at least one RunRecord")
     rows = []
     for (label, rho, eta), g in per_run.groupby(["run", "rho", "eta"], sort=False):
-        r = g["median ratio (2nd half)"]
-        row = {"run": label, "rho": rho, "eta": eta, "2/eta": 2 / eta, "seeds": int(len(g))}
+        r = g[MEDIAN_RATIO]
+        row = {"run": label, "rho": rho, "eta": eta, TWO_OVER_ETA: 2 / eta, "seeds": int(len(g))}
         row.update({c: float(g[c].mean()) for c in _MEANS})
         row.update(
             {
-                "ratio min": float(r.min()),
-                "ratio max": float(r.max()),
-                "ratio sd": float(r.std(ddof=1)) if len(g) > 1 else float("nan"),
+                RATIO_MIN: float(r.min()),
+                RATIO_MAX: float(r.max()),
+                RATIO_SD: float(r.std(ddof=1)) if len(g) > 1 else float("nan"),
                 "diverged": bool(g["diverged"].any()),
-                "runs diverged": int(g["diverged"].sum()),
-                "diverged at": min((int(d) for d in g["diverged at"] if d is not None and d == d), default=None),
+                RUNS_DIVERGED: int(g["diverged"].sum()),
+                DIVERGED_AT: min((int(d) for d in g[DIVERGED_AT] if d is not None and d == d), default=None),
             }
         )
         rows.append(row)
@@ -157,12 +193,12 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
             return ""
         lo_n, hi_n = int(t["seeds"].min()), int(t["seeds"].max())
         n = f"{lo_n}" if lo_n == hi_n else f"{lo_n}-{hi_n}"
-        width = float((t["ratio max"] - t["ratio min"]).max())
+        width = float((t[RATIO_MAX] - t[RATIO_MIN]).max())
         return f"; over {n} seeds per setting the ratio spans at most {width:.3f}, max minus min"
 
     if len(sam):
-        inside = sam[(sam["median ratio (2nd half)"] >= lo) & (sam["median ratio (2nd half)"] <= hi)]
-        lo_r, hi_r = sam["median ratio (2nd half)"].min(), sam["median ratio (2nd half)"].max()
+        inside = sam[(sam[MEDIAN_RATIO] >= lo) & (sam[MEDIAN_RATIO] <= hi)]
+        lo_r, hi_r = sam[MEDIAN_RATIO].min(), sam[MEDIAN_RATIO].max()
         rng = f"range {lo_r:.3f} to {hi_r:.3f}" if len(sam) > 1 else f"{lo_r:.3f}"
         parts.append(
             f"For {len(inside)} of {len(sam)} SAM {what}s the median of ||H||/SAM-edge over the second half of training "
@@ -176,8 +212,8 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
         )
     if len(gd):
         g = gd.iloc[0]
-        ratio_gd = float(g["median ratio (2nd half)"])  # GD's edge is 2/eta
-        extra = f", seeds {g['ratio min']:.3f} to {g['ratio max']:.3f}" if seeds and g["seeds"] > 1 else ""
+        ratio_gd = float(g[MEDIAN_RATIO])  # GD's edge is 2/eta
+        extra = f", seeds {g[RATIO_MIN]:.3f} to {g[RATIO_MAX]:.3f}" if seeds and g["seeds"] > 1 else ""
         parts.append(
             f"GD's sharpness settles at {ratio_gd:.3f} x 2/eta{extra}"
             + (
@@ -187,11 +223,9 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
             )
         )
     for _, b in bad.iterrows():
-        which = (
-            f" (the earliest of {int(b['runs diverged'])} of its {int(b['seeds'])} seeds to diverge)" if seeds else ""
-        )
+        which = f" (the earliest of {int(b[RUNS_DIVERGED])} of its {int(b['seeds'])} seeds to diverge)" if seeds else ""
         parts.append(
-            f"{b['run']} diverged at step {b['diverged at']}{which}: a non-finite loss, gradient or sharpness; "
+            f"{b['run']} diverged at step {b[DIVERGED_AT]}{which}: a non-finite loss, gradient or sharpness; "
             "its curves stop there and its medians use only the finite measurements"
         )
     return "; ".join(parts) + "."
@@ -202,7 +236,7 @@ def _median(half: pd.DataFrame, values: Optional[pd.Series]) -> float:
     return float(values.median()) if values is not None and len(half) else float("nan")
 
 
-def setting_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+def setting_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
     """One row per setting (eta, rho): each run's medians over the second half, then their mean,
     min and max over the seeds.
 
@@ -211,13 +245,13 @@ def setting_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     ``ascent_op_norm / edge`` (NaN otherwise). Rows are sorted by eta, then rho."""
     per_run = []
     for r in records:
-        half = second_half(r.frame, r.config.steps)
+        half = second_half(r.frame, r.steps)
         ascent = half[ASCENT_OP_NORM] / half[EDGE] if ASCENT_OP_NORM in half else None
         per_run.append(
             {
-                "eta": r.config.eta,
-                "rho": r.config.rho,
-                "seed": r.config.seed,
+                "eta": r.eta,
+                "rho": r.rho,
+                "seed": r.seed,
                 "ratio": _median(half, half.get(RATIO)),
                 "op_norm": _median(half, half.get(OP_NORM)),
                 "edge": _median(half, half.get(EDGE)),
@@ -251,25 +285,25 @@ def setting_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def first_seed(records: Sequence[RunRecord]) -> List[RunRecord]:
+def first_seed(records: Sequence[AnyRecord]) -> List[AnyRecord]:
     """The runs of the smallest seed among ``records`` (the runs a chapter's per-run figures show)."""
     if not records:
         raise ValueError("records is empty; give at least one RunRecord")
-    seed = min(r.config.seed for r in records)
-    return [r for r in records if r.config.seed == seed]
+    seed = min(r.seed for r in records)
+    return [r for r in records if r.seed == seed]
 
 
-def per_seed_ratios(records: Sequence[RunRecord], column: str = RATIO) -> pd.DataFrame:
+def per_seed_ratios(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFrame:
     """One row per setting (run label), one column ``seed S`` per seed: each run's median ratio
     over the second half (NaN where a seed has no run of that setting)."""
     t = ratio_table(records, column)
-    wide = t.pivot_table(index="run", columns="seed", values="median ratio (2nd half)", sort=False, dropna=False)
+    wide = t.pivot_table(index="run", columns="seed", values=MEDIAN_RATIO, sort=False, dropna=False)
     wide = wide.reindex(list(dict.fromkeys(t["run"])))
     wide.columns = [f"seed {s}" for s in wide.columns]
     return wide.reset_index()
 
 
-def edge_facts(records: Sequence[RunRecord], band: Tuple[float, float] = DEFAULT_BAND) -> pd.DataFrame:
+def edge_facts(records: Sequence[AnyRecord], band: Tuple[float, float] = DEFAULT_BAND) -> pd.DataFrame:
     """Per setting (run label), means over the seeds of: the run's edge over 2/eta at the first
     measurement and (median) over the second half; the sharpness at the first measurement; the
     first measured step whose ratio lies in ``band`` (NaN for a run that never does); the
@@ -279,20 +313,20 @@ def edge_facts(records: Sequence[RunRecord], band: Tuple[float, float] = DEFAULT
         df = r.frame
         if df.empty:
             continue
-        half = second_half(df, r.config.steps)
-        gd_edge = 2 / r.config.eta
+        half = second_half(df, r.steps)
+        gd_edge = 2 / r.eta
         inside = (df[RATIO] >= band[0]) & (df[RATIO] <= band[1]) if RATIO in df else None
         reached = df[inside][STEP] if inside is not None else pd.Series(dtype=float)
         rows.append(
             {
                 "run": run_label(r),
-                "rho": r.config.rho,
+                "rho": r.rho,
                 "edge / (2/eta) at start": float(df[EDGE].iloc[0]) / gd_edge,
                 "edge / (2/eta), 2nd half": float(half[EDGE].median()) / gd_edge if len(half) else float("nan"),
                 "||H|| at start": float(df[OP_NORM].iloc[0]),
                 "||H|| / (2/eta) at start": float(df[OP_NORM].iloc[0]) / gd_edge,
-                "band low": band[0],
-                "band high": band[1],
+                BAND_LOW: band[0],
+                BAND_HIGH: band[1],
                 "first step in the band": float(reached.iloc[0]) if len(reached) else float("nan"),
                 "|cos(g, u)| median": float(df[ALIGN_GRAD].median()) if ALIGN_GRAD in df else float("nan"),
                 "|cos(g_SAM, u)| median": float(df[ALIGN_SAM_GRAD].median()) if ALIGN_SAM_GRAD in df else float("nan"),
@@ -332,7 +366,7 @@ def edge_facts_sentence(facts: pd.DataFrame) -> str:
     if len(gd):
         g = gd.iloc[0]
         step = g["first step in the band"]
-        band = f"[{g['band low']:g}, {g['band high']:g}] x 2/eta"
+        band = f"[{g[BAND_LOW]:g}, {g[BAND_HIGH]:g}] x 2/eta"
         reach = (
             f"first measures in the band {band} at step {step:.0f} (mean over seeds)"
             if step == step

@@ -36,19 +36,15 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["main", "find_run_dirs", "summary_table"]
+__all__ = ["main", "find_run_dirs", "runs_table"]
 
 
 def _param(text: str) -> tuple:
-    from .sweep import parse_value
+    """A ``-p NAME=VALUE`` argument (``presets.parse_assignment``), as argparse wants its errors."""
+    from .presets import parse_assignment
 
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"-p expects NAME=VALUE, got {text!r}")
-    name, value = text.split("=", 1)
-    if not name.strip():
-        raise argparse.ArgumentTypeError(f"-p expects NAME=VALUE, got {text!r}")
     try:
-        return name.strip(), parse_value(value)
+        return parse_assignment(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -182,24 +178,22 @@ def _device(args: argparse.Namespace, params: Dict[str, Any]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from .config import ConfigError, resolve_device
     from .loop import RunDirError
-    from .sweep import job_device, plan
+    from .runs import plan
 
     try:
         params = _params(args.param)
-        device = job_device(_device(args, params), "local")
+        device = resolve_device(_device(args, params))
         rhos = params.get("rhos")
         if isinstance(rhos, list) and len(rhos) > 1:
             raise ConfigError(
                 f"samedge run makes one run, but rhos={rhos} lists {len(rhos)}; "
                 "choose one with -p rho=R, or run them all with samedge sweep"
             )
-        if "seed" not in params and "seeds" not in params:  # one run: the preset's first seed
-            from .presets import resolve_params
-
-            params["seed"] = resolve_params(args.task, args.preset, device="cpu")["seeds"][0]
         runs = plan(args.task, args.preset, None, None, params, args.results_dir, device)
+        if "seed" not in params and "seeds" not in params:  # one run: the preset's first seed
+            runs = [r for r in runs if r.config.seed == runs[0].config.seed]
         if len(runs) != 1:
             choices = sorted({r.config.rho for r in runs})
             raise ConfigError(
@@ -222,7 +216,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import default_folder, execute, job_device, local_gpus, parse_grid, plan, slurm_parameters, slurm_script
+    from .config import resolve_device
+    from .runs import parse_grid, plan
+    from .sweep import check_executor, default_folder, execute, local_gpus, slurm_parameters, slurm_script
 
     try:
         params = _params(args.param)
@@ -255,7 +251,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.max_parallel is not None and args.max_parallel < 1:
             raise ValueError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
         grid = parse_grid(args.grid)
-        device = job_device(_device(args, params), args.executor, int((slurm or {}).get("gpus_per_node") or 0))
+        gpus = int((slurm or {}).get("gpus_per_node") or 0)
+        device = resolve_device(_device(args, params), here=check_executor(args.executor) != "slurm", gpus=gpus)
         runs = plan(args.task, args.preset, grid, args.seeds, params, args.results_dir, device)
         if args.executor == "slurm":
             folder = args.submitit_dir or default_folder(runs)
@@ -305,14 +302,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def find_run_dirs(root: Path) -> List[Path]:
     """Every directory under ``root`` (itself included) holding a finished record, sorted."""
-    return sorted(
-        p.parent
-        for p in Path(root).rglob("summary.json")
-        if (p.parent / "record.csv").exists() and (p.parent / "config.json").exists()
-    )
+    from .rundir import SUMMARY, is_finished
+
+    return sorted(p.parent for p in Path(root).rglob(SUMMARY) if is_finished(p.parent))
 
 
-def summary_table(run_dirs: Sequence[Path], root: Optional[Path] = None):
+def runs_table(run_dirs: Sequence[Path], root: Optional[Path] = None):
     """The ratio table of these runs (``analysis.ratio_table``) with task, seed, steps and directory."""
     from .analysis import ratio_table
     from .record import RunRecord
@@ -336,7 +331,7 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
     if not dirs:
         extra = f" ({len(unfinished)} unfinished, with a checkpoint only)" if unfinished else ""
         return _fail(f"no finished runs (directories with summary.json and record.csv) under {root}{extra}", 1)
-    table = summary_table(dirs, root)
+    table = runs_table(dirs, root)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"{len(dirs)} runs under {root}" + (f"; {len(unfinished)} unfinished (not shown)" if unfinished else ""))

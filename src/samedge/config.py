@@ -12,6 +12,8 @@ from typing import Any, Optional
 import torch
 
 from .edge import rule_of
+from .hessian import DEFAULT_TOL
+from .kernels import check_kernels
 
 __all__ = ["RunConfig", "ConfigError", "resolve_device"]
 
@@ -25,7 +27,7 @@ def _positive_int(name: str, v: Any) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _finite(name: str, v: Any, lo: float, strict: bool) -> None:
+def _check_number(name: str, v: Any, lo: float, strict: bool) -> None:
     ok = (
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo)
     )
@@ -33,13 +35,17 @@ def _finite(name: str, v: Any, lo: float, strict: bool) -> None:
         raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {lo:g}, got {v!r}")
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
+def resolve_device(device: str, here: bool = True, gpus: int = 0) -> str:
+    """The device a run uses. On this machine (``here``): 'auto' -> 'cuda' when available, else
+    'cpu'; 'cuda' without a GPU is an error. For a job on another machine (a SLURM node, checked
+    there): 'auto' -> 'cuda' when ``gpus`` are requested, else 'cpu'."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if here:
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if gpus else "cpu"
     if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if here and device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'")
     return device
 
@@ -60,15 +66,16 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     hvp_method: str = "double_backward"
-    lanczos_tol: float = 1e-3
+    kernels: str = "default"  # "onednn": large CPU float32 linear layers through oneDNN (samedge.kernels)
+    lanczos_tol: float = DEFAULT_TOL
     lanczos_max_iter: int = 100
     measure_ascent: bool = False  # also measure ||H||_op at the ascent point w~
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None: ~20 per run
     allow_tf32: bool = False  # CUDA only: let matmuls and convolutions use TF32 (~1e-3 relative error)
 
     def __post_init__(self) -> None:
-        _finite("eta", self.eta, 0, strict=True)
-        _finite("rho", self.rho, 0, strict=False)
+        _check_number("eta", self.eta, 0, strict=True)
+        _check_number("rho", self.rho, 0, strict=False)
         _positive_int("steps", self.steps)
         _positive_int("measure_every", self.measure_every)
         if self.measure_every > self.steps:
@@ -85,7 +92,11 @@ class RunConfig:
             raise ConfigError(
                 f"hvp_method must be 'double_backward' or 'forward_over_reverse', got {self.hvp_method!r}"
             )
-        _finite("lanczos_tol", self.lanczos_tol, 0, strict=True)
+        _check_number("lanczos_tol", self.lanczos_tol, 0, strict=True)
+        try:
+            check_kernels(self.kernels)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         for name in ("normalize", "measure_ascent", "allow_tf32"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")

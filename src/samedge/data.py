@@ -101,7 +101,7 @@ def verify_file(path: Path, sha256: str, what: str) -> None:
     _verified[key] = digest
 
 
-def download(url: str, dest: Path, sha256: Optional[str] = None) -> None:
+def fetch_file(url: str, dest: Path, sha256: Optional[str] = None) -> None:
     """Download ``url`` to ``dest`` through a temporary file, verifying the checksum before the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
@@ -119,8 +119,6 @@ def download(url: str, dest: Path, sha256: Optional[str] = None) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
-
-_fetch = download  # loaders take a ``download`` flag that shadows the function
 
 
 def _offline_error(what: str, root: Path, files: list, url: str, err: Exception) -> DataError:
@@ -216,7 +214,6 @@ CIFAR_SHA256 = {
     "batches.meta.txt": "2ce042b1e0b48db4bb214408e6414ba18b2731c24af244f2d6c112fddf31af00",
 }
 CIFAR_TEST_MIRROR_SHA256 = "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5"
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _check_cifar_test_file(path: Path) -> int:
@@ -374,7 +371,7 @@ def load_shakespeare(
         err: Exception = FileNotFoundError("download=False")
         if download:
             try:
-                _fetch(SHAKESPEARE_URL, path, sha256=SHAKESPEARE_SHA256)
+                fetch_file(SHAKESPEARE_URL, path, sha256=SHAKESPEARE_SHA256)
             except (urllib.error.URLError, OSError) as e:
                 err = e
         if not path.is_file():

@@ -20,8 +20,9 @@ Number = Union[float, int, np.ndarray, torch.Tensor]
 
 __all__ = ["RULES", "rule_of", "edge", "gd_edge", "momentum_edge", "sam_edge", "unnormalized_sam_edge"]
 
-# The update rules whose edges this module knows, as recorded with every run.
-RULES = ("gd", "sam", "usam")
+# The update rules whose edges this module knows: the names runs, monitors and records use.
+# gd: 2/eta; momentum: heavy-ball GD; sam: normalized SAM; usam: unnormalized SAM.
+RULES = ("gd", "momentum", "sam", "usam")
 
 
 def _check(name: str, value: Number, *, positive: bool = False, nonnegative: bool = False) -> None:
@@ -95,11 +96,14 @@ def rule_of(rho: float, normalize: bool = True) -> str:
     return "sam" if normalize else "usam"
 
 
-def edge(rule: str, eta: Number, rho: Number = 0.0, grad_norm: Optional[Number] = None) -> Number:
-    """The edge a run's sharpness is compared with, by update rule: 2/eta for 'gd', the SAM-edge
-    from ||grad L(w)|| for 'sam', the gradient-independent edge for 'usam'."""
+def edge(rule: str, eta: Number, rho: Number = 0.0, grad_norm: Optional[Number] = None, beta: Number = 0.0) -> Number:
+    """The edge a sharpness is compared with, by update rule (``RULES``): 2/eta for 'gd',
+    2(1+beta)/eta for 'momentum', the SAM-edge from ||grad L(w)|| for 'sam', the
+    gradient-independent edge for 'usam'."""
     if rule == "gd":
         return gd_edge(eta)
+    if rule == "momentum":
+        return momentum_edge(eta, beta)
     if rule == "sam":
         if grad_norm is None:
             raise ValueError("the SAM-edge of normalized SAM needs grad_norm = ||grad L(w)|| at the measured point")

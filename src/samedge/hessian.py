@@ -24,15 +24,18 @@ import torch
 from torch.func import grad as func_grad
 from torch.func import jvp
 
-from .onednn import linear_mode
-from .onednn import pays as onednn_pays
+from .kernels import check_kernels, kernel_mode
 from .vectors import Params, flatten, unflatten
 
 LossFn = Callable[[Params], torch.Tensor]
+# The relative residual at which Lanczos stops, unless a caller asks for another: the default of
+# every solver here, of ``RunConfig.lanczos_tol`` and of ``EdgeMonitor(tol=)``.
+DEFAULT_TOL = 1e-3
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 HVPMethod = Literal["double_backward", "forward_over_reverse"]
 
 __all__ = [
+    "DEFAULT_TOL",
     "HessianOperator",
     "FiniteDifferenceHessianOperator",
     "EigenResult",
@@ -54,7 +57,7 @@ class HessianOperator:
         params: Params,
         method: HVPMethod = "double_backward",
         weights: Optional[Sequence[float]] = None,
-        onednn: Optional[bool] = None,
+        kernels: str = "default",
     ):
         if method not in ("double_backward", "forward_over_reverse"):
             raise ValueError(f"method must be 'double_backward' or 'forward_over_reverse', got {method!r}")
@@ -74,9 +77,9 @@ class HessianOperator:
         self.dtype, self.device = first.dtype, first.device
         self.calls = 0
         self._graph = None  # (leaf params, grads with graph), kept for a single closure
-        # Linear layers by oneDNN where it pays (samedge.onednn), double backward only: forward-
-        # mode AD does not go through its autograd.Function.
-        self.onednn = (onednn_pays(self.params) if onednn is None else bool(onednn)) and method == "double_backward"
+        # Forward-mode AD does not go through oneDNN's autograd.Function: forward-over-reverse
+        # always runs PyTorch's kernels (and records that it did).
+        self.kernels = check_kernels(kernels) if method == "double_backward" else "default"
 
     @classmethod
     def from_batches(
@@ -97,7 +100,7 @@ class HessianOperator:
         else:
             leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
             with torch.enable_grad():
-                with linear_mode(self.onednn, twice=True):
+                with kernel_mode(self.kernels, twice=True):
                     loss = fn(leaves)
                 grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
             if retain:
@@ -125,7 +128,7 @@ class HessianOperator:
             raise ValueError("loss_and_gradient needs a single loss closure and method='double_backward'")
         leaves = {k: p.detach().requires_grad_(True) for k, p in self.params.items()}
         with torch.enable_grad():
-            with linear_mode(self.onednn, twice=True):
+            with kernel_mode(self.kernels, twice=True):
                 loss = self.loss_fns[0](leaves)
             grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
         self._graph = (leaves, grads)
@@ -253,7 +256,7 @@ def lanczos(
     size: int,
     k: int = 1,
     which: str = "LA",
-    tol: float = 1e-6,
+    tol: float = DEFAULT_TOL,
     max_iter: int = 100,
     v0: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float64,
@@ -358,7 +361,7 @@ def lanczos(
 def power_iteration(
     matvec: Matvec,
     size: int,
-    tol: float = 1e-6,
+    tol: float = DEFAULT_TOL,
     max_iter: int = 1000,
     v0: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float64,
@@ -467,7 +470,7 @@ def warm_log_bound(size: int, mix: float, risk: float) -> float:
 def sharpness(
     op: Callable[[torch.Tensor], torch.Tensor],
     v0: Optional[torch.Tensor] = None,
-    tol: float = 1e-4,
+    tol: float = DEFAULT_TOL,
     max_iter: int = 100,
     seed: int = 0,
     warm_mix: float = WARM_MIX,

@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, List, Optional
 import lightning.pytorch as pl
 import torch
 
+from .columns import STEP
 from .monitor import EdgeMonitor
-from .record import STEP
 
 __all__ = ["EdgeMonitorCallback"]
 

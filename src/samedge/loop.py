@@ -9,6 +9,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -16,25 +17,23 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir
+from .columns import MEASURE_SECONDS, OP_NORM, TRAIN_SECONDS
 from .config import ConfigError, RunConfig, resolve_device
 from .edge import edge as stability_edge
+from .environment import environment
 from .losses import module_loss, parameters_of
-from .monitor import measure, prepare
+from .measure import WarmStart, measure, prepare
 from .precision import pinned_precision
-from .record import MEASURE_SECONDS, OP_NORM, TRAIN_SECONDS, RunRecord, atomic_write_text, environment
-from .rundir import CHECKPOINT, DamagedRunError, RunDirError
+from .record import RunRecord
+from .rundir import CHECKPOINT, DamagedRunError, RunDirError, atomic_write_text
 from .sam import sam_step
 from .tasks import get_task
 
 __all__ = ["run", "RunDirError"]
 
 
-def _finite(*xs: float) -> bool:
+def _all_finite(*xs: float) -> bool:
     return all(math.isfinite(x) for x in xs)
-
-
-def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
-    rundir.save_checkpoint(path, state)  # atomic; a full disk leaves the previous checkpoint
 
 
 def _finished(run_dir: Path, cfg: RunConfig) -> Optional[RunRecord]:
@@ -150,20 +149,18 @@ def _run(
     params = parameters_of(model)
     gen = torch.Generator().manual_seed(cfg.seed)  # minibatch sampling only
     minibatch = task.eval_batch is not None
-    state: Dict[str, Any] = dict(
-        step=0, rows=[], v=None, v_eval=None, v_ascent=None, train_seconds=0.0, measure_seconds=0.0
-    )
+    state: Dict[str, Any] = dict(step=0, rows=[], warm=WarmStart(), train_seconds=0.0, measure_seconds=0.0)
 
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
     saved = _load_checkpoint(ckpt, device, state, params, cfg, on_damaged_checkpoint) if ckpt is not None else None
     if saved is not None:
         params = saved.pop("params")
         gen.set_state(saved.pop("generator"))
-        state.update(saved)
+        state.update(saved, warm=WarmStart(**saved["warm"]))
     if run_dir is not None:
         atomic_write_text(run_dir / "config.json", json.dumps({"config": cfg.to_dict(), "env": env}, indent=2))
     every_ckpt = cfg.checkpoint_every or max(1, cfg.steps // 20)
-    edge_of = lambda gn: stability_edge(cfg.rule, cfg.eta, cfg.rho, gn)  # noqa: E731
+    edge_at = lambda gn: stability_edge(cfg.rule, cfg.eta, cfg.rho, gn)  # noqa: E731
     diverged_at = None
 
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=cfg.run_name()[:40], disable=not progress, leave=False)
@@ -174,7 +171,7 @@ def _run(
         measuring = t % cfg.measure_every == 0 or t == cfg.steps
         t0 = time.perf_counter()
         # The HVP graph holds g = grad L(w_t): the SAM step reuses it instead of recomputing.
-        point = prepare(loss_fn, params, cfg.hvp_method) if measuring else None
+        point = prepare(loss_fn, params, cfg.hvp_method, kernels=cfg.kernels) if measuring else None
         tg = time.perf_counter()  # building the graph counts as measurement (conservatively)
         st = sam_step(
             loss_fn,
@@ -183,25 +180,26 @@ def _run(
             cfg.rho,
             cfg.normalize,
             loss_and_grad=(point.loss, point.grad) if point is not None else None,
+            kernels=cfg.kernels,
         )
         t1 = time.perf_counter()
         state["measure_seconds"] += tg - t0
         if t < cfg.steps:
             state["train_seconds"] += t1 - tg
-        if not _finite(float(st.loss), float(st.grad_norm)):
+        if not _all_finite(float(st.loss), float(st.grad_norm)):
             diverged_at = t
             break
         if measuring:
             eval_point = None
             if minibatch:
                 ex, ey = task.eval_batch
-                eval_point = prepare(module_loss(model, task.loss, ex, ey), params, cfg.hvp_method)
+                eval_point = prepare(module_loss(model, task.loss, ex, ey), params, cfg.hvp_method, kernels=cfg.kernels)
             row, warm = measure(
                 t,
                 point,
-                edge_of,
+                edge_at,
                 cfg.eta,
-                state,
+                state["warm"],
                 cfg.lanczos_tol,
                 cfg.lanczos_max_iter,
                 cfg.seed + t,
@@ -211,11 +209,11 @@ def _run(
                 ascent_loss=loss_fn,
             )
             point = eval_point = None  # frees the retained graphs
-            state.update(warm)
+            state["warm"] = warm
             state["measure_seconds"] += time.perf_counter() - t1
             row.update({TRAIN_SECONDS: state["train_seconds"], MEASURE_SECONDS: state["measure_seconds"]})
             state["rows"].append(row)
-            if not _finite(row[OP_NORM]):
+            if not _all_finite(row[OP_NORM]):
                 diverged_at = t
                 break
         if t == cfg.steps:
@@ -225,8 +223,15 @@ def _run(
         state["step"] = t
         bar.update(1)
         if ckpt is not None and (t % every_ckpt == 0):
-            _save_checkpoint(
-                ckpt, dict(params=params, generator=gen.get_state(), fingerprint=cfg.fingerprint(), **state)
+            # Atomic: a full disk leaves the previous checkpoint.
+            rundir.save_checkpoint(
+                ckpt,
+                dict(
+                    params=params,
+                    generator=gen.get_state(),
+                    fingerprint=cfg.fingerprint(),
+                    **{**state, "warm": asdict(state["warm"])},
+                ),
             )
         if stop_after is not None and t >= stop_after:
             bar.close()

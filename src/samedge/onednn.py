@@ -1,5 +1,8 @@
 """Linear layers through oneDNN on CPU, for the training step and for Hessian-vector products.
 
+Opt-in only, through the one switch ``samedge.kernels`` (``kernels="onednn"``); nothing else
+imports this module.
+
 PyTorch's float32 CPU matmul is MKL's sgemm, and MKL takes its AVX2 path on non-Intel x86
 CPUs: on the AMD EPYC (AVX-512) this project is developed on, oneDNN (bundled with PyTorch)
 runs a forward and backward of the MNIST MLP's first layer (1000 x 784 x 256) in 5.4 ms against
@@ -32,18 +35,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import platform
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["available", "pays", "linear_mode", "linear", "linear_twice", "MIN_MACS", "MIN_PARAMS"]
+__all__ = ["available", "linear_mode", "linear", "linear_twice", "MIN_MACS"]
 
 MIN_MACS = 4_000_000  # rows x in x out of one linear call, the least routed to oneDNN
-MIN_PARAMS = 65_536  # parameters of a model, the fewest for which pays() chooses oneDNN
 
 
 def _op():
@@ -65,35 +66,6 @@ def available() -> bool:
         return bool(torch.equal(_mm_t(a, a), a @ a.T))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
-
-
-@functools.lru_cache(maxsize=None)
-def _non_intel_x86() -> bool:
-    """An x86-64 CPU whose vendor is not Intel (where MKL's sgemm takes its slow path)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return "GenuineIntel" not in line
-    except OSError:
-        pass
-    return False
-
-
-def pays(params: Mapping[str, torch.Tensor]) -> bool:
-    """The automatic choice: oneDNN where it pays, i.e. all parameters CPU float32, at least
-    ``MIN_PARAMS`` of them, oneDNN available, and a non-Intel x86-64 CPU (on Intel CPUs MKL is
-    already fast). Smaller models step in about a millisecond, where the routing's own cost
-    (~0.25 ms a SAM step) would show."""
-    ts = list(params.values())
-    return (
-        sum(t.numel() for t in ts) >= MIN_PARAMS
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts)
-        and _non_intel_x86()
-        and available()
-    )
 
 
 def _transposed(t: torch.Tensor) -> bool:
@@ -247,6 +219,6 @@ def linear_mode(enabled: bool = True, twice: bool = False) -> Iterator[None]:
         yield
         return
     if not available():
-        raise RuntimeError("oneDNN linear layers are not available in this PyTorch build: use onednn=False")
+        raise RuntimeError("oneDNN linear layers are not available in this PyTorch build: use kernels='default'")
     with _LinearMode(twice):
         yield

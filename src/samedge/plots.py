@@ -20,8 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .analysis import run_label, setting_table
-from .record import (
+from .analysis import AnyRecord, run_label, setting_table
+from .columns import (
     ALIGN_GRAD,
     ALIGN_SAM_GRAD,
     EDGE,
@@ -31,7 +31,6 @@ from .record import (
     SHARPNESS_AND_EDGE,
     STEP,
     TRAIN_LOSS,
-    RunRecord,
 )
 
 __all__ = [
@@ -52,7 +51,12 @@ __all__ = [
 ]
 
 # What the edge column holds, by update rule (samedge.edge.edge).
-EDGE_LABELS = {"gd": "$2/\\eta$", "sam": "SAM-edge", "usam": "unnormalized-SAM edge"}
+EDGE_LABELS = {
+    "gd": "$2/\\eta$",
+    "momentum": "$2(1+\\beta)/\\eta$",
+    "sam": "SAM-edge",
+    "usam": "unnormalized-SAM edge",
+}
 LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
 WIDTH = 7.2  # inches: the book's content column at 100 dpi, so figures are not scaled down
 PANEL_HEIGHT = 2.9  # inches per row of panels
@@ -76,8 +80,8 @@ def book_style() -> Iterator[None]:
         yield
 
 
-def _as_list(records: RunRecord | Sequence[RunRecord]) -> list:
-    return [records] if isinstance(records, RunRecord) else list(records)
+def _as_list(records: AnyRecord | Sequence[AnyRecord]) -> list:
+    return list(records) if isinstance(records, (list, tuple)) else [records]
 
 
 def panel_grid(n: int, height: float = PANEL_HEIGHT, sharex: bool = False) -> Tuple[Figure, List[Axes], Optional[Axes]]:
@@ -138,13 +142,13 @@ def transient_ylim(
     return lo - pad * span if floor is None else floor, hi + pad * span, all_max
 
 
-def _mark_divergence(ax: Axes, rec: RunRecord) -> None:
+def _mark_divergence(ax: Axes, rec: AnyRecord) -> None:
     if rec.diverged:
-        ax.axvline(rec.summary.get("diverged_at", 0), color="red", lw=1, ls=":")
+        ax.axvline(rec.diverged_at or 0, color="red", lw=1, ls=":")
         ax.text(
             0.02,
             0.95,
-            f"diverged at step {rec.summary.get('diverged_at')}",
+            f"diverged at step {rec.diverged_at}",
             transform=ax.transAxes,
             color="red",
             va="top",
@@ -153,7 +157,7 @@ def _mark_divergence(ax: Axes, rec: RunRecord) -> None:
 
 
 def plot_sharpness(
-    records: RunRecord | Sequence[RunRecord],
+    records: AnyRecord | Sequence[AnyRecord],
     column: str = OP_NORM,
     title: Optional[str] = None,
     edge_column: Optional[str] = None,
@@ -177,15 +181,15 @@ def plot_sharpness(
             if not df.empty:
                 ax.plot(df[STEP], df[column], color="C0", lw=1.5, label=label)
                 series.append((df[STEP], df[column]))
-                if r.config.rho > 0:
-                    ax.plot(df[STEP], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.config.rule])
+                if r.rule not in ("gd", None):  # the edge the run was compared with, if not 2/eta
+                    ax.plot(df[STEP], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.rule])
                     series.append((df[STEP], df[edge_column]))
-            gd = 2 / r.config.eta
-            if show_gd_edge or r.config.rho == 0:
+            gd = 2 / r.eta
+            if (show_gd_edge or r.rule == "gd") and gd == gd:
                 ax.axhline(gd, color="k", ls="--", lw=1, label="$2/\\eta$")
-                series.append((np.array([r.config.steps]), np.array([gd])))
-            lim = transient_ylim(series, r.config.steps, floor=0.0 if show_gd_edge else None)
-            name = f"{run_label(r)}, $\\eta$={r.config.eta:g}"
+                series.append((np.array([r.steps]), np.array([gd])))
+            lim = transient_ylim(series, r.steps, floor=0.0 if show_gd_edge else None)
+            name = f"{run_label(r)}, $\\eta$={r.eta:g}"
             if lim is not None:
                 ax.set_ylim(lim[0], lim[1])
                 if lim[2] > lim[1]:  # the initial transient is off the top: say how far
@@ -200,10 +204,10 @@ def plot_sharpness(
     return fig
 
 
-def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = OP_NORM) -> Figure:
+def plot_sam_edge_only(records: AnyRecord | Sequence[AnyRecord], column: str = OP_NORM) -> Figure:
     """The SAM runs' ||H||_op and SAM-edge alone, zoomed to them (2/eta and the initial transient
     left out of the y-range), one panel per run."""
-    sam = [r for r in _as_list(records) if r.config.rho > 0]
+    sam = [r for r in _as_list(records) if r.rho > 0]
     if not sam:  # e.g. rhos=[0.0]: say so in the figure rather than fail the notebook
         with book_style():
             fig, ax = plt.subplots(figsize=(WIDTH, 1.0))
@@ -218,7 +222,7 @@ def plot_sam_edge_only(records: RunRecord | Sequence[RunRecord], column: str = O
     )
 
 
-def _line_per_run(ax, recs: Sequence[RunRecord], column: str) -> None:
+def _line_per_run(ax, recs: Sequence[AnyRecord], column: str) -> None:
     """One curve of ``column`` over steps per run, in the runs' colours, labelled by run."""
     for i, r in enumerate(recs):
         df = r.frame
@@ -226,14 +230,14 @@ def _line_per_run(ax, recs: Sequence[RunRecord], column: str) -> None:
             ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
 
 
-def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = RATIO) -> Figure:
+def plot_edge_ratio(records: AnyRecord | Sequence[AnyRecord], column: str = RATIO) -> Figure:
     """||H||_op / SAM-edge over steps, all runs on one axes (1 = at the edge; 2/eta for GD)."""
     recs = _as_list(records)
     with book_style():
         fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
         _line_per_run(ax, recs, column)
         ax.axhline(1, color="k", ls="--", lw=1)
-        ax.axvspan(recs[0].config.steps / 2, recs[0].config.steps, color="0.9", zorder=-1, label="second half")
+        ax.axvspan(recs[0].steps / 2, recs[0].steps, color="0.9", zorder=-1, label="second half")
         ax.set_xlabel("step")
         ax.set_ylabel("$\\|H\\|_{op}$ / edge")
         ax.set_title("Sharpness relative to its edge (SAM-edge for SAM, 2/$\\eta$ for GD); y clipped to [0, 2]")
@@ -243,7 +247,7 @@ def plot_edge_ratio(records: RunRecord | Sequence[RunRecord], column: str = RATI
     return fig
 
 
-def plot_alignment(records: RunRecord | Sequence[RunRecord]) -> Figure:
+def plot_alignment(records: AnyRecord | Sequence[AnyRecord]) -> Figure:
     """|cos| between the top Hessian eigenvector and the gradient / the SAM gradient, per run."""
     recs = _as_list(records)
     with book_style():
@@ -252,7 +256,7 @@ def plot_alignment(records: RunRecord | Sequence[RunRecord]) -> Figure:
             df = r.frame
             if not df.empty:
                 ax.plot(df[STEP], df[ALIGN_GRAD], lw=1.2, color="C0", label="gradient $g$")
-                if r.config.rho > 0:
+                if r.rho > 0:
                     ax.plot(df[STEP], df[ALIGN_SAM_GRAD], lw=1.2, color="C1", label="SAM gradient")
             ax.set_ylim(0, 1)
             ax.set_title(run_label(r))
@@ -263,7 +267,7 @@ def plot_alignment(records: RunRecord | Sequence[RunRecord]) -> Figure:
     return fig
 
 
-def plot_loss(records: RunRecord | Sequence[RunRecord], baseline: Optional[tuple] = None) -> Figure:
+def plot_loss(records: AnyRecord | Sequence[AnyRecord], baseline: Optional[tuple] = None) -> Figure:
     """Training loss over steps (log scale), all runs on one axes; ``baseline`` = (value, label)
     draws a reference level, e.g. the loss of predicting all zeros."""
     recs = _as_list(records)
@@ -293,7 +297,7 @@ def save_figure(fig: Figure, directory: str | os.PathLike, name: str) -> Path:
 MARKERS = "osD^vP*X"
 
 
-def plot_predicted_vs_measured(records: Sequence[RunRecord]) -> Figure:
+def plot_predicted_vs_measured(records: Sequence[AnyRecord]) -> Figure:
     """Per setting (eta, rho): median ||H||_op over the second half against the median predicted
     edge (SAM-edge, 2/eta for GD), mean over seeds with min-max bars, log-log, y = x drawn;
     colour by rho, marker by eta."""

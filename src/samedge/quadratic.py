@@ -31,14 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .edge import edge, rule_of
+from .edge import edge as stability_edge
+from .edge import rule_of
 from .hessian import dense_hessian
 from .sam import sam_step
 from .vectors import Params, flatten
 
 __all__ = [
     "Quadratic",
-    "edge_of",
     "top_component_factor",
     "growth_map",
     "stepped_edge",
@@ -133,11 +133,6 @@ class Quadratic:
         return self.point(comps)
 
 
-def edge_of(eta: float, rho: float, grad_norm: float, normalize: bool = True) -> float:
-    """``samedge.edge.edge`` for the rule that (rho, normalize) names."""
-    return edge(rule_of(rho, normalize), eta, rho, grad_norm)
-
-
 def top_component_factor(
     lam: float,
     grad_norm: float,
@@ -205,7 +200,7 @@ def run_sam(
 
     Columns: ``step``, ``loss``, ``grad_norm``, ``op_norm`` (``max |eig|`` of the exact Hessian at
     ``w_t``, by ``dense_hessian``: for small problems only), ``lambda_max``, ``edge`` (the run's
-    edge from ``edge_of`` with ``||g(w_t)||``), ``ratio = op_norm / edge``, the parameters
+    edge from ``samedge.edge.edge`` with ``||g(w_t)||``), ``ratio = op_norm / edge``, the parameters
     ``w0, w1, ...`` and, with ``components``, its values ``c0, c1, ...`` (for example
     ``Quadratic.components``). Stops early at a non-finite loss or gradient.
     """
@@ -218,7 +213,7 @@ def run_sam(
             break
         ev = torch.linalg.eigvalsh(dense_hessian(loss_fn, p))
         op = float(ev.abs().max())
-        edge = edge_of(eta, rho, gn, normalize)
+        edge = stability_edge(rule_of(rho, normalize), eta, rho, gn)
         row = dict(
             step=t,
             loss=loss,

@@ -8,17 +8,28 @@ import io
 import json
 import math
 import os
-import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
-import torch
 
+from .columns import (
+    ASCENT_COLUMNS,
+    ASCENT_OF,
+    BOOL_COLUMNS,
+    COLUMNS,
+    EDGE,
+    EVAL_COLUMNS,
+    EVAL_OF,
+    FINITE_COLUMNS,
+    INT_COLUMNS,
+    RATIO,
+    SHARPNESS_AND_EDGE,
+    STEP,
+    TIMING_COLUMNS,
+)
 from .config import RunConfig
-from .precision import precision_settings
 from .rundir import CONFIG, RECORD, SUMMARY, DamagedRunError, atomic_write_text, check_fingerprint, damaged, read_config
 
 __all__ = [
@@ -31,86 +42,15 @@ __all__ = [
     "ASCENT_OF",
     "SHARPNESS_AND_EDGE",
     "second_half",
-    "environment",
-    "atomic_write_text",
     "check_record",
     "DamagedRunError",
 ]
-
-# The record's column names, one constant each (analysis, plots, the loop and the monitor use these).
-STEP, TRAIN_LOSS, GRAD_NORM, OP_NORM = "step", "train_loss", "grad_norm", "op_norm"
-LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE, RATIO = "lambda_max", "lambda_min", "edge", "gd_edge", "ratio"
-ALIGN_GRAD, ALIGN_SAM_GRAD, HVPS, CONVERGED = "align_grad", "align_sam_grad", "hvps", "converged"
-TRAIN_SECONDS, MEASURE_SECONDS = "train_seconds", "measure_seconds"
-EVAL_LOSS, EVAL_GRAD_NORM, EVAL_OP_NORM = "eval_loss", "eval_grad_norm", "eval_op_norm"
-EVAL_EDGE, EVAL_RATIO, EVAL_HVPS = "eval_edge", "eval_ratio", "eval_hvps"
-ASCENT_OP_NORM, ASCENT_HVPS = "ascent_op_norm", "ascent_hvps"
-# EdgeMonitor rows call the training loss "loss" (it is the loss on the monitor's data); a saved
-# monitor record names it TRAIN_LOSS like every other record.
-LOSS = "loss"
-
-# Every row has these, in this order; minibatch tasks add the eval_* columns (after CONVERGED),
-# and runs with measure_ascent the ascent_* ones.
-COLUMNS = [
-    STEP,
-    TRAIN_LOSS,
-    GRAD_NORM,
-    OP_NORM,
-    LAMBDA_MAX,
-    LAMBDA_MIN,
-    EDGE,
-    GD_EDGE,
-    RATIO,
-    ALIGN_GRAD,
-    ALIGN_SAM_GRAD,
-    HVPS,
-    CONVERGED,
-    TRAIN_SECONDS,
-    MEASURE_SECONDS,
-]
-# What a fixed evaluation batch records, and under which name (training column -> eval column).
-EVAL_OF = {
-    TRAIN_LOSS: EVAL_LOSS,
-    GRAD_NORM: EVAL_GRAD_NORM,
-    OP_NORM: EVAL_OP_NORM,
-    EDGE: EVAL_EDGE,
-    RATIO: EVAL_RATIO,
-    HVPS: EVAL_HVPS,
-}
-EVAL_COLUMNS = list(EVAL_OF.values())
-# What the measurement at the SAM ascent point w~ records.
-ASCENT_OF = {OP_NORM: ASCENT_OP_NORM, HVPS: ASCENT_HVPS}
-ASCENT_COLUMNS = list(ASCENT_OF.values())
-# The sharpness and the edge behind each ratio column.
-SHARPNESS_AND_EDGE = {RATIO: (OP_NORM, EDGE), EVAL_RATIO: (EVAL_OP_NORM, EVAL_EDGE)}
-TIMING_COLUMNS = [TRAIN_SECONDS, MEASURE_SECONDS]  # wall-clock: the only non-reproducible columns
 
 
 def second_half(df: pd.DataFrame, steps: int) -> pd.DataFrame:
     """The measurements of the second half of a ``steps``-step run (step >= steps/2): where
     the book's medians and tolerance bands (``samedge.analysis.BANDS``) are read."""
     return df[df[STEP] >= steps / 2] if not df.empty else df
-
-
-def environment(device: str) -> Dict[str, Any]:
-    """Versions and hardware, stored with every record."""
-    import numpy
-
-    from . import __version__
-
-    env = {
-        "samedge": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "device": device,
-        "torch_threads": torch.get_num_threads(),
-    }
-    env["precision"] = precision_settings()
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return env
 
 
 @dataclass
@@ -131,6 +71,50 @@ class RunRecord:
     def diverged(self) -> bool:
         """Whether the run stopped on a non-finite loss, gradient or sharpness."""
         return bool(self.summary.get("diverged", False))
+
+    # The attributes analysis and plots read from any record (samedge.MonitorRecord has them too).
+    @property
+    def diverged_at(self) -> Optional[int]:
+        """The step at which the run diverged, or None."""
+        return self.summary.get("diverged_at")
+
+    @property
+    def label(self) -> str:
+        """'GD' or 'SAM rho=0.05' (with 'unnormalized' when so)."""
+        c = self.config
+        if c.rho == 0:
+            return "GD"
+        return f"{'SAM' if c.normalize else 'unnormalized SAM'} rho={c.rho:g}"
+
+    @property
+    def steps(self) -> int:
+        """The run's steps (its second half is where medians are read)."""
+        return self.config.steps
+
+    @property
+    def eta(self) -> float:
+        """The step size."""
+        return self.config.eta
+
+    @property
+    def rho(self) -> float:
+        """SAM's radius (0: GD)."""
+        return self.config.rho
+
+    @property
+    def seed(self) -> int:
+        """The run's seed."""
+        return self.config.seed
+
+    @property
+    def rule(self) -> str:
+        """The update rule (a name of ``samedge.edge.RULES``)."""
+        return self.config.rule
+
+    @property
+    def batching(self) -> str:
+        """'full batch' or 'minibatch': whether the gradients came from the whole training set."""
+        return "full batch" if self.config.batch_size is None else "minibatch"
 
     def median_ratio(self, column: str = RATIO) -> float:
         """Median of ``column`` (sharpness / edge) over the second half of training."""
@@ -171,18 +155,6 @@ class RunRecord:
         frame = _read_frame(d / RECORD)
         check_record(cfg, frame, summary, d)
         return cls(cfg, frame.to_dict("records"), summary, meta.get("env", {}))
-
-
-# What a loaded record must be: integer and boolean columns, and the columns that are finite on
-# every row but the one of a recorded divergence (the loop stops on a non-finite loss, gradient
-# norm or sharpness; the edges are functions of finite numbers). Eval and ascent values may be
-# non-finite anywhere: the loop does not stop on them.
-INT_COLUMNS = (STEP, HVPS, EVAL_HVPS, ASCENT_HVPS)
-BOOL_COLUMNS = (CONVERGED,)
-FINITE_COLUMNS = (TRAIN_LOSS, GRAD_NORM, OP_NORM, LAMBDA_MAX, LAMBDA_MIN, EDGE, GD_EDGE, ALIGN_GRAD, ALIGN_SAM_GRAD)
-# A user's loop saved by EdgeMonitor (task 'custom') may lack an edge (an optimizer no formula
-# covers: these columns empty) and measures on its own schedule.
-NO_EDGE_COLUMNS = (EDGE, GD_EDGE, RATIO, ALIGN_SAM_GRAD)
 
 
 def _read_summary(path: Path) -> Dict[str, Any]:
@@ -248,11 +220,7 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
     exactly when measure_ascent), integer steps and HVP counts, boolean ``converged``, finite
     numbers except on the row of a recorded divergence, steps strictly increasing on the schedule
     (every measure_every steps from 0, and ``steps``; a diverged run stops at ``diverged_at``),
-    and a summary of a complete run consistent with the rows. A user's loop saved by EdgeMonitor
-    (task 'custom') keeps its own measurement schedule and may have no edge (NO_EDGE_COLUMNS empty)."""
-    from .tasks import CustomTask
-
-    custom = cfg.task == CustomTask.name
+    and a summary of a complete run consistent with the rows."""
     rec, summ = Path(run_dir) / RECORD, Path(run_dir) / SUMMARY
     if summary.get("complete") is not True:
         raise damaged(summ, f"'complete' is {summary.get('complete')!r}, not true")
@@ -273,7 +241,7 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
 
     expected = [t for t in _schedule(cfg) if not div or t <= div_at]
     if frame.empty:
-        if expected and not custom and not (div and div_at == expected[0] == 0):
+        if expected and not (div and div_at == expected[0] == 0):
             raise damaged(rec, f"it has no rows, but the summary expects measurements at steps {expected[:5]}...")
         return
     cols = set(frame.columns)
@@ -310,8 +278,6 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
             raise damaged(rec, f"column {c!r} must be >= 0, got {_first_bad(frame, c, s < 0)}")
         if c in FINITE_COLUMNS:
             bad = ~pd.Series(num.map(math.isfinite).astype(bool), index=s.index) & ~at_div
-            if custom and c in NO_EDGE_COLUMNS:
-                bad &= ~num.isna()
             if bad.any():
                 why = "" if div else " and the run did not diverge (summary.json has no 'diverged_at')"
                 raise damaged(rec, f"column {c!r} must be finite, got {_first_bad(frame, c, bad)}{why}")
@@ -321,8 +287,6 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
                 raise damaged(rec, f"column {c!r} must be finite and >= 0, got {_first_bad(frame, c, bad)}")
     edge, ratio = frame[EDGE].astype(float), frame[RATIO].astype(float)
     ok_ratio = ratio.map(math.isfinite).astype(bool) | ((edge == 0) & (ratio == math.inf)) | at_div
-    if custom:
-        ok_ratio |= ratio.isna() & edge.isna()
     if not ok_ratio.all():
         raise damaged(
             rec, f"column 'ratio' must be finite (or inf where edge is 0), got {_first_bad(frame, 'ratio', ~ok_ratio)}"
@@ -330,7 +294,7 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
     steps = frame[STEP].tolist()
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise damaged(rec, f"its steps are not strictly increasing ({steps[:8]}...)")
-    if not custom and steps != expected and not (div and steps == expected[:-1] and expected[-1] == div_at):
+    if steps != expected and not (div and steps == expected[:-1] and expected[-1] == div_at):
         off = sorted(set(steps) - set(expected))
         raise damaged(
             rec,

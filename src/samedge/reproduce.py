@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import yaml
-
 __all__ = ["find_book_dir", "discover", "declared_parameters", "run_notebook", "main"]
 
 PARAMETERS_TAG = "parameters"
@@ -111,10 +109,13 @@ def run_notebook(
 
 
 def _parse_param(text: str) -> tuple:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"-p expects NAME=VALUE, got {text!r}")
-    name, value = text.split("=", 1)
-    return name.strip(), yaml.safe_load(value)
+    """A ``-p NAME=VALUE`` argument (``presets.parse_assignment``), as argparse wants its errors."""
+    from .presets import parse_assignment
+
+    try:
+        return parse_assignment(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

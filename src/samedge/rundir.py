@@ -13,13 +13,14 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
+
+from . import files
 
 __all__ = [
     "RunDirError",
@@ -37,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "save_checkpoint",
     "load_checkpoint",
+    "is_finished",
     "prepare_run_dir",
     "read_config",
     "check_fingerprint",
@@ -65,7 +67,7 @@ class RunDirBusyError(RunDirError):
     """Another process is writing this run directory."""
 
 
-class RunDirWriteError(RunDirError):
+class RunDirWriteError(RunDirError, files.WriteError):
     """A file of the run could not be written (disk full, read-only or unwritable directory);
     what was saved before is intact."""
 
@@ -93,32 +95,13 @@ def _write_error(path: Path, err: OSError) -> RunDirWriteError:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in ``path``'s directory, flush it to disk, then rename it
-    over ``path``: readers see the old file or the new one, never a part. A failed write (a full
-    disk) removes the temporary file and raises RunDirWriteError; ``path`` is left as it was."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # else a power cut after the rename can leave an empty file
-        os.replace(tmp, path)
-    except OSError as err:
-        raise _write_error(path, err) from err
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    """``files.atomic_write_bytes`` with a run directory's error (RunDirWriteError)."""
+    files.atomic_write_bytes(path, data, _write_error)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """``atomic_write_bytes`` for text (UTF-8); creates the parent directory if needed."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _write_error(path, err) from err
-    atomic_write_bytes(path, text.encode())
+    """``files.atomic_write_text`` with a run directory's error (RunDirWriteError)."""
+    files.atomic_write_text(path, text, _write_error)
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
@@ -176,6 +159,12 @@ def load_checkpoint(
     if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(saved.get("rows"), list):
         raise damaged(path, f"its step ({step!r}) or rows are not a non-negative int and a list", fix)
     return saved
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its summary.json, written last, marks one (loading
+    the record then checks the rest)."""
+    return (Path(run_dir) / SUMMARY).is_file()
 
 
 def prepare_run_dir(run_dir: Path) -> None:

@@ -12,8 +12,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .onednn import linear_mode
-from .onednn import pays as onednn_pays
+from .kernels import check_kernels, kernel_mode
 from .vectors import Params, add_scaled, norm
 
 LossFn = Callable[[Params], torch.Tensor]
@@ -56,11 +55,11 @@ def ascent_point(
     return add_scaled(params, grad, rho)
 
 
-def _loss_and_grad(loss_fn: LossFn, keys: list, values: list, onednn: bool) -> tuple:
+def _loss_and_grad(loss_fn: LossFn, keys: list, values: list, kernels: str) -> tuple:
     """(L(w), grad L(w) as a list in ``keys`` order) by one backward pass, both detached."""
     w = [v.detach().requires_grad_() for v in values]
     with torch.enable_grad():
-        with linear_mode(onednn):  # the forward only: the backward needs no routing
+        with kernel_mode(kernels):  # the forward only: the backward needs no routing
             loss = loss_fn(dict(zip(keys, w)))
         # Plain autograd, not torch.func: the same kernels, without functorch's per-op wrapping.
         grads = torch.autograd.grad(loss, w, allow_unused=True, materialize_grads=True)
@@ -74,30 +73,30 @@ def sam_step(
     rho: float,
     normalize: bool = True,
     loss_and_grad: Optional[tuple] = None,
-    onednn: Optional[bool] = None,
+    kernels: str = "default",
 ) -> SAMStep:
     """One SAM step (GD when rho = 0); ``loss_fn`` closes over the batch, so both gradients share it.
 
     ``loss_and_grad`` = (L(w), grad L(w)) already computed on the same batch skips that gradient.
-    ``onednn``: run linear layers through oneDNN (``samedge.onednn``: same math, float32
-    round-off apart); None (the default) chooses it where it pays (``onednn.pays``).
+    ``kernels``: ``"default"`` (PyTorch's) or ``"onednn"`` (``samedge.kernels``: large CPU float32
+    linear layers through oneDNN, the same math to float32 round-off).
     """
     _validate(eta, rho)
+    check_kernels(kernels)
     keys = list(params)
     values = [params[k].detach() for k in keys]
     params = dict(zip(keys, values))
-    use = onednn_pays(params) if onednn is None else bool(onednn)
     if loss_and_grad is not None:
         loss, grad = loss_and_grad[0], dict(loss_and_grad[1])
     else:
-        loss, g = _loss_and_grad(loss_fn, keys, values, use)
+        loss, g = _loss_and_grad(loss_fn, keys, values, kernels)
         grad = dict(zip(keys, g))
     gn = norm(grad)
     if rho == 0 or gn == 0:  # GD, or no ascent direction: one gradient suffices
         w_tilde, sam_grad = dict(params), grad
     else:
         w_tilde = ascent_point(params, grad, rho, normalize, gn)
-        sam_grad = dict(zip(keys, _loss_and_grad(loss_fn, keys, [w_tilde[k] for k in keys], use)[1]))
+        sam_grad = dict(zip(keys, _loss_and_grad(loss_fn, keys, [w_tilde[k] for k in keys], kernels)[1]))
     # foreach: one call for all tensors instead of a Python loop (same two roundings as w - eta*g)
     new = dict(zip(keys, torch._foreach_sub(values, torch._foreach_mul([sam_grad[k] for k in keys], eta))))
     return SAMStep(new, loss.detach(), grad, gn, w_tilde, sam_grad)

@@ -10,7 +10,25 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from .analysis import band_of, ratio_table, seed_table
+from .analysis import (
+    BAND_HIGH,
+    BAND_LOW,
+    FINAL_TRAIN_LOSS,
+    IN_BAND,
+    MEDIAN_EDGE,
+    MEDIAN_H,
+    MEDIAN_RATIO,
+    RATIO_MAX,
+    RATIO_MIN,
+    SEEDS_IN_BAND,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    TRAIN_ACCURACY,
+    TWO_OVER_ETA,
+    band_of,
+    ratio_table,
+    seed_table,
+)
 from .experiment import run_experiment
 from .plots import book_style, panel_grid, shared_legend
 from .presets import resolve_params
@@ -55,12 +73,12 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         lo, hi = band_of(recs)
         per_run = ratio_table(recs)
         t.insert(0, "task", task)
-        t["band"] = f"[{lo:g}, {hi:g}]"
-        r = t["median ratio (2nd half)"]
-        t["in band"] = (r >= lo) & (r <= hi) & ~t["diverged"]
-        within = (per_run["median ratio (2nd half)"] >= lo) & (per_run["median ratio (2nd half)"] <= hi)
+        t[BAND_LOW], t[BAND_HIGH] = lo, hi
+        r = t[MEDIAN_RATIO]
+        t[IN_BAND] = (r >= lo) & (r <= hi) & ~t["diverged"]
+        within = (per_run[MEDIAN_RATIO] >= lo) & (per_run[MEDIAN_RATIO] <= hi)
         within &= ~per_run["diverged"]
-        t["seeds in band"] = [
+        t[SEEDS_IN_BAND] = [
             f"{int(within[per_run['run'] == run].sum())} of {n}" for run, n in zip(t["run"], t["seeds"])
         ]
         frames.append(t)
@@ -69,18 +87,19 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         "run",
         "rho",
         "eta",
-        "2/eta",
+        TWO_OVER_ETA,
         "seeds",
-        "median ||H|| (2nd half)",
-        "median SAM-edge (2nd half)",
-        "median ratio (2nd half)",
-        "ratio min",
-        "ratio max",
-        "band",
-        "in band",
-        "seeds in band",
-        "final train loss",
-        "test loss",
+        MEDIAN_H,
+        MEDIAN_EDGE,
+        MEDIAN_RATIO,
+        RATIO_MIN,
+        RATIO_MAX,
+        BAND_LOW,
+        BAND_HIGH,
+        IN_BAND,
+        SEEDS_IN_BAND,
+        FINAL_TRAIN_LOSS,
+        TEST_LOSS,
         "diverged",
     ]
     return pd.concat(frames, ignore_index=True)[cols]
@@ -94,36 +113,36 @@ def summary_sentence(table: pd.DataFrame) -> str:
         sam, gd = t[t["rho"] > 0], t[t["rho"] == 0]
         n = int(t["seeds"].max())
         s = (
-            f"{task}: {int(sam['in band'].sum())} of {len(sam)} SAM radii within {t['band'].iloc[0]} of the SAM-edge "
-            f"(mean over {n} seed{'s' if n > 1 else ''}; ratios {sam['median ratio (2nd half)'].min():.3f} to "
-            f"{sam['median ratio (2nd half)'].max():.3f})"
+            f"{task}: {int(sam[IN_BAND].sum())} of {len(sam)} SAM radii within [{t[BAND_LOW].iloc[0]:g}, {t[BAND_HIGH].iloc[0]:g}] of the SAM-edge "
+            f"(mean over {n} seed{'s' if n > 1 else ''}; ratios {sam[MEDIAN_RATIO].min():.3f} to "
+            f"{sam[MEDIAN_RATIO].max():.3f})"
             if len(sam)
             else f"{task}"
         )
         if len(gd):
             g = gd.iloc[0]
-            s += f", GD at {float(g['median ratio (2nd half)']):.3f} x 2/eta"
+            s += f", GD at {float(g[MEDIAN_RATIO]):.3f} x 2/eta"
             if g["seeds"] > 1:
-                s += f" (seeds {float(g['ratio min']):.3f} to {float(g['ratio max']):.3f})"
+                s += f" (seeds {float(g[RATIO_MIN]):.3f} to {float(g[RATIO_MAX]):.3f})"
         parts.append(s)
     return "; ".join(parts) + "."
 
 
 # The columns of samedge.analysis.seed_table a chapter's results table shows (rho, eta and
-# "diverged at" are in the run name, 2/eta and the divergence note).
+# DIVERGED_AT are in the run name, 2/eta and the divergence note).
 RESULT_COLUMNS = [
     "run",
     "seeds",
-    "2/eta",
-    "median ||H|| (2nd half)",
-    "median SAM-edge (2nd half)",
-    "median ratio (2nd half)",
-    "ratio min",
-    "ratio max",
-    "final train loss",
-    "train accuracy",
-    "test loss",
-    "test accuracy",
+    TWO_OVER_ETA,
+    MEDIAN_H,
+    MEDIAN_EDGE,
+    MEDIAN_RATIO,
+    RATIO_MIN,
+    RATIO_MAX,
+    FINAL_TRAIN_LOSS,
+    TRAIN_ACCURACY,
+    TEST_LOSS,
+    TEST_ACCURACY,
     "diverged",
 ]
 
@@ -161,16 +180,16 @@ def summary_styler(table: pd.DataFrame) -> Styler:
         "task",
         "run",
         "seeds",
-        "median ||H|| (2nd half)",
-        "median SAM-edge (2nd half)",
-        "median ratio (2nd half)",
-        "ratio min",
-        "ratio max",
-        "seeds in band",
-        "test loss",
+        MEDIAN_H,
+        MEDIAN_EDGE,
+        MEDIAN_RATIO,
+        RATIO_MIN,
+        RATIO_MAX,
+        SEEDS_IN_BAND,
+        TEST_LOSS,
     ]
     # Four decimals for the ratios: tests/browser/test_intro_numbers.py reads them back to 6e-5.
-    ratios = ["median ratio (2nd half)", "ratio min", "ratio max"]
+    ratios = [MEDIAN_RATIO, RATIO_MIN, RATIO_MAX]
     return table_styler(table, cols, table_id="samedge-summary").format("{:.4f}", subset=ratios)
 
 
@@ -182,13 +201,13 @@ def plot_summary(table: pd.DataFrame) -> Figure:
         fig, axes, free = panel_grid(len(tasks), height=2.6)
         for ax, task in zip(axes, tasks):
             t = table[table["task"] == task]
-            lo, hi = (float(x) for x in t["band"].iloc[0].strip("[]").split(","))
+            lo, hi = float(t[BAND_LOW].iloc[0]), float(t[BAND_HIGH].iloc[0])
             ax.axhspan(lo, hi, color="C2", alpha=0.15, label="the task's band")
             ax.axhline(1, color="k", lw=1, ls="--", label="at the edge (ratio 1)")
             labels = [("GD" if rho == 0 else f"{rho:g}") for rho in t["rho"]]
             colors = ["C3" if d else ("C0" if rho > 0 else "C1") for rho, d in zip(t["rho"], t["diverged"])]
-            mid = t["median ratio (2nd half)"].to_numpy()
-            err = np.vstack([mid - t["ratio min"].to_numpy(), t["ratio max"].to_numpy() - mid])
+            mid = t[MEDIAN_RATIO].to_numpy()
+            err = np.vstack([mid - t[RATIO_MIN].to_numpy(), t[RATIO_MAX].to_numpy() - mid])
             ax.bar(range(len(t)), mid, color=colors)
             ax.errorbar(range(len(t)), mid, yerr=err, fmt="none", ecolor="k", capsize=3, lw=1)
             ax.set_xticks(range(len(t)), labels)
@@ -198,7 +217,7 @@ def plot_summary(table: pd.DataFrame) -> Figure:
             ax.set_title(
                 f"{task} ($\\eta$={t['eta'].iloc[0]:g}, {n} seed{'s' if n > 1 else ''}, band [{lo:g}, {hi:g}])"
             )
-            top = float(np.nanmax(t["ratio max"])) if len(t) else 1.5
+            top = float(np.nanmax(t[RATIO_MAX])) if len(t) else 1.5
             ax.set_ylim(0, max(1.5, top * 1.1))
         # Bar colours, for the legend: SAM, GD, diverged; the error bar.
         for c, name in (("C0", "SAM (mean over seeds)"), ("C1", "GD (mean over seeds)"), ("C3", "diverged")):

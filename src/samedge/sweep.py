@@ -1,5 +1,5 @@
-"""Sweeps: the cartesian product of a grid of notebook parameters and seeds, one submitit job per
-run, each job one fingerprinted run directory.
+"""Executing planned runs (``samedge.runs``) through submitit: one job per run, each job one
+fingerprinted run directory; ``sweep`` plans a grid and executes it.
 
     records = sweep("mnist", "smoke", {"eta": [0.2, 0.3], "rho": [0.0, 0.05]}, seeds=[0, 1],
                     executor="local", max_parallel=2)
@@ -27,7 +27,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -35,24 +35,18 @@ import yaml
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, resolve_device
-from .experiment import results_root
 from .loop import CHECKPOINT, run
-from .presets import COMMON, check_seeds, resolve_params, run_configs
 from .record import RunRecord
-from .tasks import get_task
+from .rundir import is_finished
+from .runs import PlannedRun, plan
 
 __all__ = [
     "EXECUTORS",
-    "PlannedRun",
+    "check_executor",
     "Outcome",
     "SweepResult",
     "SweepError",
     "RunJob",
-    "parse_value",
-    "parse_grid",
-    "check_grid",
-    "plan",
-    "job_device",
     "slurm_parameters",
     "make_executor",
     "slurm_script",
@@ -64,16 +58,15 @@ __all__ = [
 ]
 
 EXECUTORS = ("local", "slurm", "debug")
-# Notebook parameters a grid may not vary: where the runs go, and the seed (use ``seeds``).
-NOT_IN_GRID = {
-    "preset": "choose the preset with preset=",
-    "results_dir": "use results_dir=",
-    "data_dir": "use -p data_dir=",
-    "seed": "use seeds=[...] (--seeds on the command line)",
-    "device": "use device= (--device)",
-}
 # Where submitit's per-attempt folders (sbatch scripts, pickles, logs) go, under the results root.
 SUBMITIT_DIR = "submitit"
+
+
+def check_executor(executor: str) -> str:
+    """``executor`` if it is one of ``EXECUTORS``, else a ConfigError listing them."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    return executor
 
 
 class SweepError(RuntimeError):
@@ -82,187 +75,6 @@ class SweepError(RuntimeError):
     def __init__(self, message: str, result: "SweepResult"):
         super().__init__(message)
         self.result = result
-
-
-def _number_strings(v: Any) -> Any:
-    # YAML 1.1 reads 1e-3 (no dot) as a string; a sweep over step sizes must not trip on that.
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    if isinstance(v, list):
-        return [_number_strings(x) for x in v]
-    return v
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value: YAML (``0.1``, ``[0.0, 0.1]``, ``true``), numbers such as ``1e-3`` as floats."""
-    try:
-        return _number_strings(yaml.safe_load(text))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"cannot read {text!r} as a YAML value: {' '.join(str(err).split())}") from None
-
-
-def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
-    """``["eta=0.1,0.2", "rho=0,0.05"]`` (or ``["eta=0.1,0.2,rho=0,0.05"]``) -> ``{"eta": [0.1, 0.2], "rho": [0, 0.05]}``.
-
-    A comma-separated token with ``=`` starts a new parameter; the others are its values."""
-    grid: Dict[str, List[Any]] = {}
-    for spec in specs:
-        key = None
-        for token in spec.split(","):
-            token = token.strip()
-            if "=" in token:
-                key, token = (s.strip() for s in token.split("=", 1))
-                if not key:
-                    raise ConfigError(f"grid {spec!r}: a parameter name is missing before '='; write NAME=V1,V2")
-                if key in grid:
-                    raise ConfigError(
-                        f"grid parameter {key!r} is given twice; give all its values once: {key}=V1,V2,..."
-                    )
-                grid[key] = []
-            elif key is None:
-                raise ConfigError(f"grid {spec!r} must start with NAME=, e.g. eta=0.1,0.2")
-            if token == "":
-                if grid[key]:
-                    raise ConfigError(f"grid {spec!r}: an empty value in the list of {key!r}")
-                continue
-            grid[key].append(parse_value(token))
-    return grid
-
-
-def _allowed(task: str) -> set:
-    return set(COMMON) | set(get_task(task).defaults)
-
-
-def _normalize_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """``rho=r`` is ``rhos=[r]``; both at once is an error."""
-    p = dict(params or {})
-    if "rho" in p:
-        if "rhos" in p:
-            raise ConfigError(f"give either rho={p['rho']!r} or rhos={p['rhos']!r}, not both")
-        rho = p.pop("rho")
-        p["rhos"] = rho if isinstance(rho, list) else [rho]
-    return p
-
-
-def check_grid(
-    task: str, grid: Mapping[str, Sequence[Any]], params: Optional[Mapping[str, Any]] = None
-) -> Dict[str, List[Any]]:
-    """The grid with ``rhos`` spelled ``rho``; unknown, empty, repeated or doubly-set parameters are errors."""
-    allowed = _allowed(task)
-    given = _normalize_params(params)
-    out: Dict[str, List[Any]] = {}
-    for key, values in grid.items():
-        name = "rho" if key in ("rho", "rhos") else key
-        if name in out:
-            raise ConfigError("grid parameter 'rho' is given twice (as 'rho' and 'rhos'); give its values once")
-        if name in NOT_IN_GRID:
-            raise ConfigError(f"{name!r} cannot be a grid parameter: {NOT_IN_GRID[name]}")
-        if name != "rho" and name not in allowed:
-            options = sorted((allowed - set(NOT_IN_GRID) - {"rhos"}) | {"rho"})
-            raise ConfigError(f"unknown grid parameter {key!r} for task {task!r}; allowed: {options}")
-        values = list(values) if isinstance(values, (list, tuple)) else [values]
-        if not values:
-            raise ConfigError(f"grid parameter {key!r} has no values; give at least one, e.g. {key}=0.1,0.2")
-        seen = []
-        for v in values:
-            if v in seen:
-                raise ConfigError(f"grid parameter {key!r} lists the value {v!r} twice")
-            seen.append(v)
-        if (name == "rho" and "rhos" in given) or name in given:
-            raise ConfigError(
-                f"{name!r} is set both as a parameter ({given.get(name, given.get('rhos'))!r}) and by the grid; drop one"
-            )
-        out[name] = values
-    return out
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One run of a sweep: its configuration, its run directory and the data directory."""
-
-    config: RunConfig
-    run_dir: Path
-    data_dir: Optional[str] = None
-
-    @property
-    def name(self) -> str:
-        """The run directory's name."""
-        return self.run_dir.name
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run directory holds a finished record (``loop.run`` reloads it)."""
-        return (self.run_dir / "summary.json").exists() and (self.run_dir / "record.csv").exists()
-
-
-def job_device(device: str, executor: str, gpus: int = 0) -> str:
-    """The device the runs use: resolved here for local and debug jobs (they run on this machine);
-    for SLURM, ``auto`` means ``cuda`` when GPUs are requested, else ``cpu``, checked on the node."""
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
-    if executor != "slurm":
-        return resolve_device(device)
-    if device == "auto":
-        return "cuda" if gpus else "cpu"
-    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    return device
-
-
-def _describe(point: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in point.items())
-
-
-def plan(
-    task: str,
-    preset: Optional[str] = None,
-    grid: Optional[Mapping[str, Sequence[Any]]] = None,
-    seeds: Optional[Sequence[int]] = None,
-    params: Optional[Mapping[str, Any]] = None,
-    results_dir: Optional[str | os.PathLike] = None,
-    device: str = "cpu",
-) -> List[PlannedRun]:
-    """Every run of the sweep, each configuration validated; nothing is written or submitted.
-
-    The runs are the product of the grid's values and the seeds over the preset's parameters
-    (``params`` override the preset; a grid without ``rho`` runs every rho of the preset).
-    ``device`` is taken as given (see ``job_device``)."""
-    get_task(task)
-    given = _normalize_params(params)
-    given.pop("device", None)
-    grid = check_grid(task, grid or {}, given)
-    if seeds is not None:
-        seeds = check_seeds(list(seeds))
-        if "seed" in given:
-            raise ConfigError(f"seed is set both as a parameter ({given['seed']!r}) and by seeds={seeds}; drop one")
-    if results_dir is not None:
-        given["results_dir"] = str(results_dir)
-    runs: List[PlannedRun] = []
-    seen = set()
-    for combo in itertools.product(*grid.values()):
-        point = dict(zip(grid, combo))
-        p = {**given, **{k: v for k, v in point.items() if k != "rho"}}
-        if "rho" in point:
-            p["rhos"] = [point["rho"]]
-        for seed in seeds if seeds is not None else [None]:
-            where = _describe({**point, **({"seed": seed} if seed is not None else {})})
-            try:
-                resolved = resolve_params(
-                    task, preset, **{**p, "device": "cpu", **({} if seed is None else {"seed": seed})}
-                )
-                configs = [replace(c, device=device) if c.device != device else c for c in run_configs(task, resolved)]
-            except ValueError as err:  # ConfigError, or a task's own ValueError
-                raise ConfigError(f"grid point {where}: {err}" if where else str(err)) from None
-            root = results_root(task, resolved)
-            for cfg in configs:
-                d = root / cfg.run_name()
-                if d not in seen:
-                    seen.add(d)
-                    runs.append(PlannedRun(cfg, d, resolved.get("data_dir")))
-    return runs
 
 
 class RunJob:
@@ -287,7 +99,7 @@ class RunJob:
         cfg = RunConfig.from_dict(config)
         ckpt = Path(run_dir) / CHECKPOINT
         resumed_from = None
-        if ckpt.exists() and not (Path(run_dir) / "summary.json").exists():
+        if ckpt.exists() and not is_finished(Path(run_dir)):
             resumed_from = int(torch.load(ckpt, weights_only=True, map_location="cpu")["step"])
             print(f"resuming {run_dir} from step {resumed_from}", flush=True)
         record = run(cfg, run_dir, data_dir=data_dir, progress=False)
@@ -300,7 +112,7 @@ class RunJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue with the same arguments (submitit calls this on preemption / time-out)."""
-        from submitit.core.utils import DelayedSubmission
+        from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self, *args, **kwargs)
 
@@ -317,6 +129,7 @@ def slurm_parameters(
     command line (which wins). Keys submitit knows (``qos``, ``account``, ``mem``,
     ``cpus_per_task``, ``constraint``, ``setup``, ...) go as they are; any other key becomes an
     extra ``#SBATCH --key=value`` line (``additional_parameters``)."""
+    # submitit has no public list of its SLURM parameters; its own default table is the list.
     from submitit.slurm.slurm import _get_default_parameters
 
     known = set(_get_default_parameters())
@@ -412,7 +225,9 @@ def slurm_script(
 ) -> str:
     """The sbatch script submitit would submit for a job array of ``num_jobs`` runs, without
     SLURM: submitit's own ``SlurmExecutor`` parameter check and ``_make_submission_file_text``,
-    on an executor built without its check that ``srun`` exists."""
+    on an executor built without its check that ``srun`` exists. submitit has no public way to
+    render a script without a cluster, so this one function uses its private API (pinned in
+    requirements.txt and tested)."""
     import submitit
     from submitit.core.core import PicklingExecutor
 
@@ -635,6 +450,7 @@ def execute(
     """Run the unfinished ones of ``runs`` through a submitit executor; finished ones are reloaded.
 
     ``folder``: where submitit's files go (default: ``<results root>/submitit/<UTC time>``)."""
+    check_executor(executor)
     todo = [r for r in runs if not r.finished]
     if not todo:  # nothing to submit: no executor, no folder
         return SweepResult([Outcome(r, "reloaded") for r in runs], None)
@@ -676,7 +492,9 @@ def sweep(
     ``grid`` maps notebook parameters (``eta``, ``rho``, ``steps``, ``width``, ...) to lists of
     values; ``slurm`` is ``slurm_parameters(...)``; ``max_parallel`` bounds the jobs running at once."""
     gpus = int((slurm or {}).get("gpus_per_node") or 0)
-    dev = job_device((params or {}).get("device", device) if device == "auto" else device, executor, gpus)
+    check_executor(executor)
+    given = (params or {}).get("device", device) if device == "auto" else device
+    dev = resolve_device(given, here=executor != "slurm", gpus=gpus)
     runs = plan(task, preset, grid, seeds, params, results_dir, dev)
     gpus_seen = local_gpus(dev) if executor == "local" else 0
     result = execute(runs, executor, max_parallel, folder, timeout_min, slurm, gpus_seen, progress, poll_s)

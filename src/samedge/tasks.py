@@ -22,7 +22,6 @@ __all__ = [
     "MNISTTask",
     "CIFAR10Task",
     "ShakespeareTask",
-    "CustomTask",
 ]
 
 Batch = tuple  # (inputs, targets)
@@ -242,21 +241,6 @@ class ShakespeareTask(Task):
         )
 
 
-class CustomTask(Task):
-    """The records of a user's own training loop (``samedge.EdgeMonitor.save``): plotted and
-    tabulated like ours, but not rerunnable, since the model, data and loop are the user's."""
-
-    name = "custom"
-    defaults: dict = {}
-
-    def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
-        """Always an error: samedge cannot rerun a loop it did not write."""
-        raise ValueError(
-            "task 'custom' holds records of your own training loop (EdgeMonitor.save); "
-            "samedge.loop.run cannot rerun it: use one of the registered tasks 'mnist', 'cifar10', 'shakespeare'"
-        )
-
-
 TASKS: Dict[str, Task] = {}
 
 
@@ -269,7 +253,6 @@ def register_task(task: Task) -> Task:
 register_task(MNISTTask())
 register_task(CIFAR10Task())
 register_task(ShakespeareTask())
-register_task(CustomTask())
 
 
 def get_task(name: str) -> Task:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from samedge.analysis import MEDIAN_RATIO, RATIO_MAX, RATIO_MIN
+
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(os.environ.get("SAMEDGE_BOOK_HTML", ROOT / "_build" / "html"))
 RESULTS = Path(os.environ.get("SAMEDGE_BOOK_RESULTS", ROOT / "book" / "results"))
@@ -85,6 +87,6 @@ def test_intro_numbers_match_records():
         rho = 0.0 if row["run"] == "GD" else float(row["run"].split("rho=")[1])
         want = recomputed(row["task"], rho)
         assert int(row["seeds"]) == len(want), row.to_dict()
-        assert float(row["median ratio (2nd half)"]) == pytest.approx(sum(want) / len(want), abs=6e-5), row.to_dict()
-        assert float(row["ratio min"]) == pytest.approx(min(want), abs=6e-5), row.to_dict()
-        assert float(row["ratio max"]) == pytest.approx(max(want), abs=6e-5), row.to_dict()
+        assert float(row[MEDIAN_RATIO]) == pytest.approx(sum(want) / len(want), abs=6e-5), row.to_dict()
+        assert float(row[RATIO_MIN]) == pytest.approx(min(want), abs=6e-5), row.to_dict()
+        assert float(row[RATIO_MAX]) == pytest.approx(max(want), abs=6e-5), row.to_dict()
