@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from samedge.edge import gd_edge, sam_edge, unnormalized_sam_edge
+from samedge.edge import RULES, edge, gd_edge, momentum_edge, sam_edge, unnormalized_sam_edge
 from samedge.sam import sam_step
 
 F64 = torch.float64
@@ -233,3 +233,23 @@ def test_other_edges_reject_invalid_arguments():
         unnormalized_sam_edge(-1.0, 0.1)
     with pytest.raises(ValueError, match=r"^rho must"):
         unnormalized_sam_edge(0.1, -0.1)
+
+
+def test_edge_dispatches_on_every_rule():
+    """edge(rule, ...) is the formula of its rule, for each name of RULES (momentum included)."""
+    eta, rho, g, beta = 0.1, 0.05, 2.0, 0.9
+    want = {
+        "gd": gd_edge(eta),
+        "momentum": momentum_edge(eta, beta),
+        "sam": sam_edge(eta, rho, g),
+        "usam": unnormalized_sam_edge(eta, rho),
+    }
+    assert set(want) == set(RULES)
+    for rule, value in want.items():
+        assert edge(rule, eta, rho, g, beta) == value, rule
+    assert edge("momentum", eta, beta=beta) == pytest.approx(2 * (1 + beta) / eta, rel=1e-15)
+    assert edge("momentum", eta) == gd_edge(eta)  # beta = 0: plain GD
+    with pytest.raises(ValueError, match="grad_norm"):
+        edge("sam", eta, rho)
+    with pytest.raises(ValueError, match="momentum"):
+        edge("adam", eta)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from samedge import onednn
+from samedge.kernels import KERNELS, check_kernels, kernel_mode
 from samedge.losses import module_loss, parameters_of, squared_loss
 from samedge.models import MLP
 from samedge.sam import sam_step
@@ -119,37 +120,76 @@ def test_sam_step_through_onednn_matches_hand_step_in_float64(monkeypatch):
     want = _hand_sam_step_float64(model, params, x, y, eta, rho)
     calls, real = [], onednn._op
     monkeypatch.setattr(onednn, "_op", lambda: calls.append(1) or real())
-    fast = sam_step(loss_fn, params, eta, rho, onednn=True)
+    fast = sam_step(loss_fn, params, eta, rho, kernels="onednn")
     assert len(calls) == 2 * (3 + 3 + 2)  # two gradients: 3 forwards, 3 weight and 2 input products
     monkeypatch.setattr(onednn, "_op", real)
-    plain = sam_step(loss_fn, params, eta, rho, onednn=False)
+    plain = sam_step(loss_fn, params, eta, rho, kernels="default")
     for k in want:
         step = want[k] - params[k].double()
         assert _rel(fast.params[k] - params[k], step) < 1e-4, k  # the update itself, not w
         assert _rel(plain.params[k] - params[k], step) < 1e-4, k
-    again = sam_step(loss_fn, params, eta, rho, onednn=True)
+    again = sam_step(loss_fn, params, eta, rho, kernels="onednn")
     assert all(torch.equal(fast.params[k], again.params[k]) for k in params)
 
 
-def test_pays_only_for_large_cpu_float32_models():
-    """The automatic choice never picks oneDNN for float64, small or no parameters."""
-    n = onednn.MIN_PARAMS
-    assert not onednn.pays({"w": torch.zeros(n, dtype=torch.float64)})
-    assert not onednn.pays({"w": torch.zeros(n - 1)})
-    assert not onednn.pays({})
-    # float32 and large enough: then only the CPU decides
-    assert onednn.pays({"w": torch.zeros(n // 2), "b": torch.zeros(n - n // 2)}) == onednn._non_intel_x86()
+@pytest.mark.usefixtures("route_all")
+def test_kernels_default_makes_no_onednn_call_and_onednn_does(monkeypatch):
+    """The kernels switch is explicit: kernels="default" (the default) runs PyTorch's kernels only,
+    on any CPU and any model size; kernels="onednn" routes the linear layers to oneDNN."""
+    from samedge.hessian import HessianOperator
+
+    model, params, x, y = _mlp_problem()
+    loss_fn = module_loss(model, squared_loss, x, y)
+    calls, real = [], onednn._op
+    monkeypatch.setattr(onednn, "_op", lambda: calls.append(1) or real())
+    sam_step(loss_fn, params, 0.1, 0.1)
+    sam_step(loss_fn, params, 0.1, 0.1, kernels="default")
+    with kernel_mode("default", twice=True):
+        model(x)
+    op = HessianOperator(loss_fn, params)
+    op(torch.randn(sum(p.numel() for p in params.values())))
+    assert op.kernels == "default" and not calls
+    sam_step(loss_fn, params, 0.1, 0.1, kernels="onednn")
+    assert calls
+    calls.clear()
+    op = HessianOperator(loss_fn, params, kernels="onednn")
+    op(torch.randn(sum(p.numel() for p in params.values())))
+    assert op.kernels == "onednn" and calls
+    # forward-mode AD does not go through oneDNN: forward-over-reverse records the default kernels
+    assert HessianOperator(loss_fn, params, "forward_over_reverse", kernels="onednn").kernels == "default"
+    calls.clear()
+    with kernel_mode("onednn"):
+        model(x)
+    assert calls
+
+
+def test_check_kernels_names_the_choices():
+    """check_kernels accepts the names of KERNELS and refuses anything else, listing them; so do
+    sam_step and HessianOperator."""
+    from samedge.hessian import HessianOperator
+
+    assert KERNELS == ("default", "onednn")
+    for k in KERNELS:
+        assert check_kernels(k) == k
+    for bad in ("x", None, True, "oneDNN"):
+        with pytest.raises(ValueError, match=r"kernels must be one of \['default', 'onednn'\]"):
+            check_kernels(bad)
+    model, params, x, y = _mlp_problem()
+    loss_fn = module_loss(model, squared_loss, x, y)
+    with pytest.raises(ValueError, match="'default', 'onednn'"):
+        sam_step(loss_fn, params, 0.1, 0.1, kernels="x")
+    with pytest.raises(ValueError, match="'default', 'onednn'"):
+        HessianOperator(loss_fn, params, kernels="x")
 
 
 def test_unavailable_onednn_is_a_clear_error(monkeypatch):
-    """Asking for oneDNN where the build has none fails naming the way out; auto falls back."""
+    """Asking for oneDNN where the build has none fails naming the way out; the default kernels run."""
     monkeypatch.setattr(onednn, "available", lambda: False)
     model, params, x, y = _mlp_problem()
     loss_fn = module_loss(model, squared_loss, x, y)
-    with pytest.raises(RuntimeError, match="onednn=False"):
-        sam_step(loss_fn, params, 0.1, 0.1, onednn=True)
-    assert not onednn.pays(params)
-    sam_step(loss_fn, params, 0.1, 0.1)  # auto: the default kernels
+    with pytest.raises(RuntimeError, match="kernels='default'"):
+        sam_step(loss_fn, params, 0.1, 0.1, kernels="onednn")
+    sam_step(loss_fn, params, 0.1, 0.1)  # the default kernels
 
 
 @pytest.mark.parametrize("shape, bias", [((9, 7), True), ((2, 5, 7), True), ((9, 7), False)])
@@ -178,8 +218,8 @@ def test_linear_twice_second_and_third_derivatives_match_float64(shape, bias):
 
 
 def test_hessian_operator_runs_linear_layers_on_onednn_and_matches_float64(monkeypatch):
-    """HessianOperator(onednn=True) on an MLP: its HVPs go through oneDNN (counted) and equal the
-    float64 HVP of the same loss to float32 round-off; onednn=False makes no oneDNN call."""
+    """HessianOperator(kernels="onednn") on an MLP: its HVPs go through oneDNN (counted) and equal the
+    float64 HVP of the same loss to float32 round-off; kernels="default" makes no oneDNN call."""
     from samedge.hessian import HessianOperator
 
     torch.manual_seed(0)
@@ -190,7 +230,7 @@ def test_hessian_operator_runs_linear_layers_on_onednn_and_matches_float64(monke
     real = onednn._mm_t
     monkeypatch.setattr(onednn, "_mm_t", lambda a, b: calls.append(1) or real(a, b))
     v = torch.randn(sum(p.numel() for p in params.values()))
-    hv = HessianOperator(module_loss(model, squared_loss, x, y), params, onednn=True)(v)
+    hv = HessianOperator(module_loss(model, squared_loss, x, y), params, kernels="onednn")(v)
     routed = len(calls)
     model64 = copy.deepcopy(model).double()
     ref = HessianOperator(module_loss(model64, squared_loss, x.double(), y.double()), parameters_of(model64))(
@@ -198,7 +238,7 @@ def test_hessian_operator_runs_linear_layers_on_onednn_and_matches_float64(monke
     )
     assert routed > 0 and _rel(hv, ref) < 1e-4
     calls.clear()
-    HessianOperator(module_loss(model, squared_loss, x, y), params, onednn=False)(v)
+    HessianOperator(module_loss(model, squared_loss, x, y), params, kernels="default")(v)
     assert not calls
 
 
