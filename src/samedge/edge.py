@@ -41,15 +41,15 @@ def _root(eta: Number, rho: Number, scale: Number) -> Number:
     if any(isinstance(x, torch.Tensor) for x in (eta, rho, scale)):
         ref = next(x for x in (eta, rho, scale) if isinstance(x, torch.Tensor))
         dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-        eta, rho, scale = (torch.as_tensor(x, dtype=dtype, device=ref.device) for x in (eta, rho, scale))
+        te, tr, ts = (torch.as_tensor(x, dtype=dtype, device=ref.device) for x in (eta, rho, scale))
         # t = 8 rho / (eta * scale): 0 when rho = 0 (GD), +inf when scale = 0 < rho.
-        t = torch.where(rho == 0, torch.zeros_like(rho * scale), 8 * rho / (eta * scale))
-        return (4 / eta) / (1 + torch.sqrt(1 + t))
+        tt = torch.where(tr == 0, torch.zeros_like(tr * ts), 8 * tr / (te * ts))
+        return (4 / te) / (1 + torch.sqrt(1 + tt))
     scalar = all(np.ndim(x) == 0 for x in (eta, rho, scale))
-    eta, rho, scale = (np.asarray(x, dtype=float) for x in (eta, rho, scale))
+    ae, ar, as_ = (np.asarray(x, dtype=float) for x in (eta, rho, scale))
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(rho == 0, 0.0, 8 * rho / (eta * scale))
-    out = (4 / eta) / (1 + np.sqrt(1 + t))
+        at = np.where(ar == 0, 0.0, 8 * ar / (ae * as_))
+    out = (4 / ae) / (1 + np.sqrt(1 + at))
     return float(out) if scalar else out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence
+from typing import Callable, List, Literal, Optional, Protocol, Sequence
 
 import torch
 from torch.func import grad as func_grad
@@ -33,6 +33,16 @@ LossFn = Callable[[Params], torch.Tensor]
 DEFAULT_TOL = 1e-3
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 HVPMethod = Literal["double_backward", "forward_over_reverse"]
+
+
+class Operator(Protocol):
+    """What the eigensolvers' callers read from an operator: ``HessianOperator`` and its kin."""
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def __call__(self, vec: torch.Tensor) -> torch.Tensor: ...
 
 __all__ = [
     "DEFAULT_TOL",
@@ -62,7 +72,7 @@ class HessianOperator:
         if method not in ("double_backward", "forward_over_reverse"):
             raise ValueError(f"method must be 'double_backward' or 'forward_over_reverse', got {method!r}")
         self.single = callable(loss_fns)
-        self.loss_fns = [loss_fns] if self.single else list(loss_fns)
+        self.loss_fns: List[LossFn] = [loss_fns] if callable(loss_fns) else list(loss_fns)
         if not self.loss_fns:
             raise ValueError("loss_fns is empty: give at least one loss closure")
         if weights is None:
@@ -76,7 +86,7 @@ class HessianOperator:
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
         self.calls = 0
-        self._graph = None  # (leaf params, grads with graph), kept for a single closure
+        self._graph: Optional[tuple] = None  # (leaf params, grads with graph), kept for a single closure
         # Forward-mode AD does not go through oneDNN's autograd.Function: forward-over-reverse
         # always runs PyTorch's kernels (and records that it did).
         self.kernels = check_kernels(kernels) if method == "double_backward" else "default"
@@ -290,7 +300,8 @@ def lanczos(
     # The basis grows by doubling; 64 rows cover a typical run without a copy (rows not yet
     # written cost no memory).
     Q = torch.empty(min(max_iter, 64), size, dtype=dtype, device=device)
-    alphas, betas = [], []
+    alphas: List[torch.Tensor] = []
+    betas: List = []  # tensors (beta starts as None, appended only once set)
     converged, beta, history = False, None, []
     log_betas = 0.0  # log of beta_1 ... beta_j: ||chi_j(H) q_1|| for the Lanczos polynomial chi_j
     for j in range(max_iter):
@@ -468,7 +479,7 @@ def warm_log_bound(size: int, mix: float, risk: float) -> float:
 
 
 def sharpness(
-    op: Callable[[torch.Tensor], torch.Tensor],
+    op: Operator,
     v0: Optional[torch.Tensor] = None,
     tol: float = DEFAULT_TOL,
     max_iter: int = 100,

@@ -153,6 +153,8 @@ def measure(
         row.update({EVAL_OF[k]: v for k, v in values.items()})
         new.eval = esh.eigenvector
     if ascent_params is not None:
+        if ascent_loss is None:
+            raise ValueError("ascent_params needs ascent_loss, the loss closure to measure there")
         aop = HessianOperator(ascent_loss, ascent_params, train.op.method, kernels=train.op.kernels)
         ash = sharpness(aop, v0=warm.ascent, tol=tol, max_iter=max_iter, seed=seed + 2)
         row.update({ASCENT_OF[OP_NORM]: ash.op_norm, ASCENT_OF[HVPS]: ash.num_hvps})

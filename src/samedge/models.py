@@ -69,8 +69,9 @@ def _check_sizes(**sizes: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _variance_scaling_(layer: nn.Linear, scale: float) -> None:
+def _variance_scaling_(layer: nn.Module, scale: float) -> None:
     """haiku ``VarianceScaling(scale)`` (fan_in, truncated normal) weights and a zero bias."""
+    assert isinstance(layer, nn.Linear)
     truncated_normal_(layer.weight, math.sqrt(scale / layer.in_features) / TRUNCATED_STD)
     nn.init.zeros_(layer.bias)
 
@@ -225,6 +226,7 @@ class Transformer(nn.Module):
         # The authors' haiku initialisers (module docstring); the order of the draws is fixed
         # so that a seed gives the same model every time.
         for block in self.blocks:
+            assert isinstance(block, Block)
             for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
                 _variance_scaling_(layer, 2.0 / num_layers)
         truncated_normal_(self.out.weight, 1.0 / math.sqrt(model_size))

@@ -37,13 +37,13 @@ class EdgeSpec:
 
     def edge(self, grad_norm: float) -> Optional[float]:
         """The edge at a point with gradient norm ``grad_norm`` (None when the rule is unknown)."""
-        if self.rule is None:
+        if self.rule is None or self.lr is None:
             return None
         return float(edges.edge(self.rule, self.lr, self.rho, grad_norm, self.beta))
 
     def gd_edge(self) -> Optional[float]:
         """2/lr, the GD edge at this learning rate (None when the rule is unknown)."""
-        return None if self.rule is None else float(edges.gd_edge(self.lr))
+        return None if self.rule is None or self.lr is None else float(edges.gd_edge(self.lr))
 
 
 def _common(groups: List[dict], key: str, default: Any = None) -> bool:
