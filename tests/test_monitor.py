@@ -73,7 +73,7 @@ def test_full_batch_numbers_match_dense_hessian():
     row = mon.measure()
     loss, g, H = dense(model, nn.MSELoss(), x, y)
     ev = torch.linalg.eigvalsh(H)
-    assert row["loss"] == pytest.approx(loss, rel=1e-12)
+    assert row["train_loss"] == pytest.approx(loss, rel=1e-12)
     assert row["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-10)
     assert row["op_norm"] == pytest.approx(float(ev.abs().max()), rel=1e-8)
     assert row["lambda_max"] == pytest.approx(float(ev.max()), rel=1e-8)
@@ -92,7 +92,7 @@ def test_iterable_of_batches_is_the_size_weighted_full_data_hessian():
     )
     row = mon.measure()
     loss, g, H = dense(model, nn.MSELoss(), x, y)
-    assert row["loss"] == pytest.approx(loss, rel=1e-12)
+    assert row["train_loss"] == pytest.approx(loss, rel=1e-12)
     assert row["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-10)
     assert row["op_norm"] == pytest.approx(float(torch.linalg.eigvalsh(H).abs().max()), rel=1e-8)
 
@@ -110,7 +110,7 @@ def test_step_returns_none_between_measurements():
         out.append(mon.step())
     assert [r is None for r in out] == [True, True, False, True, True, False, True]
     assert [r["step"] for r in mon.rows] == [3, 6] and out[2] is mon.rows[0]
-    assert set(["step", "loss", "grad_norm", "op_norm", "edge", "ratio", "hvps", "converged"]) <= set(out[2])
+    assert set(["step", "train_loss", "grad_norm", "op_norm", "edge", "ratio", "hvps", "converged"]) <= set(out[2])
     assert mon.to_frame()["step"].tolist() == [3, 6]
 
 
@@ -236,11 +236,12 @@ def test_momentum_edge_on_a_quadratic_with_real_heavy_ball_steps():
         assert row["edge"] == pytest.approx(edge) and row["ratio"] == pytest.approx(factor, rel=1e-8)
 
 
-def test_save_is_a_run_record_that_plots_and_tables_read(tmp_path):
-    """save() writes the runs' record format; RunRecord.load, ratio_table and the plots use it."""
-    from samedge import plots
+def test_save_is_a_monitor_record_that_plots_and_tables_read(tmp_path):
+    """save() writes a MonitorRecord (monitor.json, record.csv in the runs' column format);
+    MonitorRecord.load, ratio_table and the plots use it."""
+    from samedge import MonitorRecord, plots
     from samedge.analysis import ratio_table
-    from samedge.record import COLUMNS, RunRecord
+    from samedge.columns import COLUMNS
 
     model, (x, y) = tiny(), data()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
@@ -253,22 +254,42 @@ def test_save_is_a_run_record_that_plots_and_tables_read(tmp_path):
         opt.second_step(zero_grad=True)
         mon.step()
     mon.save(tmp_path / "mine")
-    rec = RunRecord.load(tmp_path / "mine")
+    assert {p.name for p in (tmp_path / "mine").iterdir()} == {"monitor.json", "record.csv"}
+    rec = MonitorRecord.load(tmp_path / "mine")
     df = rec.frame
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS and "eval_ratio" in df
     assert df["step"].tolist() == [0, 2, 4, 6]
-    assert df["train_loss"].tolist() == pytest.approx([r["loss"] for r in mon.rows])
+    assert df["train_loss"].tolist() == pytest.approx([r["train_loss"] for r in mon.rows])
     assert df["ratio"].tolist() == pytest.approx([r["ratio"] for r in mon.rows])
-    assert rec.config.task == "custom" and rec.config.rule == "sam" and rec.config.steps == 6
+    assert rec.rule == "sam" and rec.steps == 6 and rec.eta == 0.1 and rec.rho == 0.05 and rec.seed == 0
+    assert rec.label == "SAM rho=0.05" and rec.diverged_at is None
+    assert rec.median_ratio() == pytest.approx(float(df[df["step"] >= 3]["ratio"].median()))
+    assert mon.record().rows == mon.rows and mon.record("mine").label == "mine"
     t = ratio_table([rec])
     assert t["run"].iloc[0] == "SAM rho=0.05"
     assert t[MEDIAN_RATIO].iloc[0] == pytest.approx(float(df[df["step"] >= 3]["ratio"].median()))
     for fig in (plots.plot_sharpness(rec), plots.plot_edge_ratio(rec), plots.plot_alignment(rec), plots.plot_loss(rec)):
         assert fig.axes
-    with pytest.raises(ValueError, match="cannot rerun"):
-        from samedge.loop import run
+    # A directory that holds a record is not overwritten by accident.
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        mon.save(tmp_path / "mine")
+    mon.save(tmp_path / "mine", label="again", overwrite=True)
+    assert MonitorRecord.load(tmp_path / "mine").label == "again"
 
-        run(rec.config, progress=False)
+
+def test_monitor_record_is_not_a_run_record(tmp_path):
+    """A user's loop is not a rerunnable run: there is no task 'custom', and the record of a
+    monitor is no RunRecord (it loads as a MonitorRecord only)."""
+    from samedge.record import RunRecord
+    from samedge.tasks import TASKS
+
+    assert "custom" not in TASKS
+    model, (x, y) = tiny(), data()
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1))
+    mon.measure()
+    mon.save(tmp_path / "mine")
+    with pytest.raises(Exception, match="config.json"):
+        RunRecord.load(tmp_path / "mine")
 
 
 def test_bad_arguments_named():
@@ -290,12 +311,12 @@ def test_cuda_matches_cpu():
     cpu = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1), tol=1e-10, max_iter=200).measure()
     gpu_model = copy.deepcopy(model).cuda()
     gpu = EdgeMonitor(gpu_model, nn.MSELoss(), (x, y), _sgd(gpu_model, lr=0.1), tol=1e-10, max_iter=200).measure()
-    for k in ("loss", "grad_norm", "op_norm", "edge", "ratio"):
+    for k in ("train_loss", "grad_norm", "op_norm", "edge", "ratio"):
         assert gpu[k] == pytest.approx(cpu[k], rel=1e-8)
 
 
 def test_loop_has_no_measurement_code_of_its_own():
-    """loop.run measures through samedge.monitor: no Lanczos, operator, norm or ratio in loop.py."""
+    """loop.run measures through samedge.measure: no Lanczos, operator, norm or ratio in loop.py."""
     import samedge.loop as loop
 
     src = Path(loop.__file__).read_text()
@@ -345,7 +366,7 @@ def test_loop_rows_equal_a_plain_loop_with_the_monitor(rho, normalize):
         mon.step()
     assert [r["step"] for r in mon.rows] == [r["step"] for r in rec.rows] == [0, 4, 8, 12]
     for mine, theirs in zip(mon.rows, rec.rows):
-        assert mine["loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
         for k in ("grad_norm", "op_norm", "lambda_max", "edge", "gd_edge", "ratio"):
             assert mine[k] == pytest.approx(theirs[k], rel=1e-4), k
         for k in ("align_grad", "align_sam_grad") if rho else ("align_grad",):
@@ -356,7 +377,7 @@ def test_loop_rows_equal_a_plain_loop_with_the_monitor(rho, normalize):
 def test_warm_start_from_the_previous_eigenvector(monkeypatch):
     """Each measurement hands the previous measurement's eigenvector to samedge.hessian.sharpness
     as v0 (its guarded warm start), the first one none, for the training data and the eval batch."""
-    import samedge.monitor as monitor
+    import samedge.measure as measure
 
     calls = []
 
@@ -365,8 +386,8 @@ def test_warm_start_from_the_previous_eigenvector(monkeypatch):
         calls.append((v0, out.eigenvector))
         return out
 
-    real = monitor.sharpness
-    monkeypatch.setattr(monitor, "sharpness", spy)
+    real = measure.sharpness
+    monkeypatch.setattr(measure, "sharpness", spy)
     model, (x, y) = tiny(), data(n=40)
     mon = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1), eval_data=(x[:8], y[:8]))
     first, second = mon.measure(), mon.measure()
@@ -379,7 +400,7 @@ def test_warm_start_from_the_previous_eigenvector(monkeypatch):
 
 def test_save_without_an_edge_round_trips(tmp_path):
     """A run whose optimizer has no edge formula (Adam) saves and reloads with empty edge and ratio."""
-    from samedge.record import RunRecord
+    from samedge import MonitorRecord
 
     model, (x, y) = tiny(), data()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -391,6 +412,48 @@ def test_save_without_an_edge_round_trips(tmp_path):
         opt.step()
         mon.step()
     mon.save(tmp_path / "adam")
-    df = RunRecord.load(tmp_path / "adam").frame
+    rec = MonitorRecord.load(tmp_path / "adam")
+    assert rec.rule is None and "Adam" in rec.meta["no_edge_reason"]
+    df = rec.frame
     assert df["step"].tolist() == [2, 4] and df["edge"].isna().all() and df["ratio"].isna().all()
     assert df["op_norm"].tolist() == pytest.approx([r["op_norm"] for r in mon.rows])
+
+
+def test_non_finite_loss_is_a_warning_a_nan_row_and_diverged_at(tmp_path):
+    """A measurement at a non-finite loss runs no Lanczos: a RuntimeWarning (once) naming the step,
+    a row with NaN sharpness and no edge, ``diverged_at`` on the monitor and in its saved record."""
+    from samedge import MonitorRecord
+
+    model, (x, y) = tiny(), data()
+    opt = _sgd(model, lr=0.1)
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=1)
+    assert mon.step()["converged"] is not None and mon.diverged_at is None
+    with torch.no_grad():
+        model[0].weight.fill_(float("inf"))
+    with pytest.warns(RuntimeWarning, match="not finite at step 2"):
+        row = mon.step()
+    assert not math.isfinite(row["train_loss"]) and math.isnan(row["op_norm"]) and math.isnan(row["lambda_max"])
+    assert row["edge"] is None and row["ratio"] is None and row["hvps"] == 0 and row["converged"] is False
+    assert mon.diverged_at == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once
+        mon.step()
+    assert mon.diverged_at == 2 and [r["step"] for r in mon.rows] == [1, 2, 3]
+    mon.save(tmp_path / "diverged")
+    rec = MonitorRecord.load(tmp_path / "diverged")
+    assert rec.diverged_at == 2 and rec.diverged and math.isnan(rec.frame["op_norm"].iloc[1])
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_measurements_do_not_consume_the_global_rng(train_mode):
+    """A measurement (dropout in train mode included) leaves the global random-number state as
+    found: the user's training draws the same numbers with the monitor as without it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)).double()
+    x, y = data()
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), _sgd(model, lr=0.1), train_mode=train_mode)
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    mon.measure()
+    mon.measure()
+    assert torch.equal(torch.random.get_rng_state(), before)
