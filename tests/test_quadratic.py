@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from samedge import gd_edge, sam_edge, unnormalized_sam_edge
+from samedge.edge import edge, rule_of
 from samedge.quadratic import (
     Quadratic,
     growth_map,
@@ -132,6 +133,13 @@ def test_two_cycle_closed_form_and_errors():
         two_cycle(0.1, 0.05, 20.0)
     with pytest.raises(ValueError, match="rho"):
         two_cycle(0.1, -1.0, 5.0)
+
+
+def test_edge_by_rule_of():
+    """The edge run_sam compares with: samedge.edge.edge for the rule that (rho, normalize) names."""
+    assert edge(rule_of(0.0), 0.1, 0.0, 3.0) == 20.0
+    assert edge(rule_of(0.05), 0.1, 0.05, 3.0) == sam_edge(0.1, 0.05, 3.0)
+    assert edge(rule_of(0.05, normalize=False), 0.1, 0.05, 3.0) == unnormalized_sam_edge(0.1, 0.05)
 
 
 def test_sharpening_loss_gradient_hessian_and_sam_settling():
