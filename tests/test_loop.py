@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from samedge.columns import COLUMNS, TIMING_COLUMNS
 from samedge.config import ConfigError, RunConfig
 from samedge.loop import RunDirError, run
-from samedge.record import COLUMNS, TIMING_COLUMNS, RunRecord
+from samedge.record import RunRecord
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("SAMEDGE_DATA_DIR") or not (Path(os.environ["SAMEDGE_DATA_DIR"]) / "MNIST" / "raw").is_dir(),

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from samedge.columns import TIMING_COLUMNS
 from samedge.config import RunConfig
 from samedge.data import DataError, verify_file
 from samedge.loop import CHECKPOINT, run
-from samedge.record import TIMING_COLUMNS, RunRecord
+from samedge.record import RunRecord
 from samedge.rundir import LOCK, RunDirBusyError, RunDirWriteError, RunLock
 
 DATA = os.environ.get("SAMEDGE_DATA_DIR")
@@ -46,12 +47,13 @@ CFG = dict(
 CHILD = """
 import json, sys, time
 import samedge.loop as loop
+import samedge.rundir as rundir
 from samedge.config import RunConfig
-save = loop._save_checkpoint
+save = rundir.save_checkpoint
 def slow_save(path, state):
     save(path, state)
     time.sleep(0.15)
-loop._save_checkpoint = slow_save
+rundir.save_checkpoint = slow_save
 loop.run(RunConfig(**json.loads(sys.argv[1])), sys.argv[2], progress=False)
 """
 
@@ -312,7 +314,7 @@ def test_checkpoint_loads_weights_only(tmp_path):
     run(cfg, tmp_path, progress=False, stop_after=4)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["step"] == 4 and set(state["params"]) and isinstance(state["rows"], list)
-    assert state["v"].ndim == 1
+    assert set(state["warm"]) == {"train", "eval", "ascent"} and state["warm"]["train"].ndim == 1
 
 
 def test_wrong_checksum_rejected(tmp_path):

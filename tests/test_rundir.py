@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from samedge.columns import TIMING_COLUMNS
 from samedge.config import RunConfig
 from samedge.loop import run
-from samedge.record import TIMING_COLUMNS, RunRecord
+from samedge.record import RunRecord
 from samedge.rundir import CHECKPOINT, DamagedRunError, RunDirError
 
 pytestmark = pytest.mark.skipif(
@@ -356,7 +357,7 @@ def _garbage(p: Path) -> None:
 
 def _wrong_keys(p: Path) -> None:
     state = torch.load(p, weights_only=True)
-    state["momentum"] = state.pop("v")
+    state["momentum"] = state.pop("warm")
     torch.save(state, p)
 
 
@@ -382,7 +383,7 @@ def _not_a_dict(p: Path) -> None:
     [
         (_truncate, r"it cannot be read as a checkpoint \("),
         (_garbage, r"it cannot be read as a checkpoint"),
-        (_wrong_keys, r"its keys are wrong \(missing \['v'\], unexpected \['momentum'\]\)"),
+        (_wrong_keys, r"its keys are wrong \(missing \['warm'\], unexpected \['momentum'\]\)"),
         (_other_params, r"its parameters do not match the model's names, shapes and dtypes"),
         (_other_run, r"it belongs to another configuration"),
         (_not_a_dict, r"it holds a list, not a checkpoint dict"),

@@ -18,9 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
+from samedge.columns import TIMING_COLUMNS
 from samedge.config import ConfigError
 from samedge.loop import CHECKPOINT, run
-from samedge.record import TIMING_COLUMNS, RunRecord
+from samedge.record import RunRecord
 from samedge.sweep import (
     RunJob,
     SweepRunner,
@@ -187,15 +188,15 @@ class SlowJob(RunJob):
     def __call__(self, config, run_dir, data_dir=None):
         import time as _time
 
-        import samedge.loop as loop
+        import samedge.rundir as rundir
 
-        save = loop._save_checkpoint
+        save = rundir.save_checkpoint
 
         def slow_save(path, state):
             save(path, state)
             _time.sleep(0.15)
 
-        loop._save_checkpoint = slow_save
+        rundir.save_checkpoint = slow_save
         return super().__call__(config, run_dir, data_dir)
 
 
