@@ -4,7 +4,16 @@ import pytest
 import yaml
 
 from samedge.config import ConfigError
-from samedge.presets import PRESETS, load_preset, preset_path, resolve_params, run_configs
+from samedge.presets import (
+    COMMON,
+    PRESETS,
+    load_preset,
+    parse_assignment,
+    parse_value,
+    preset_path,
+    resolve_params,
+    run_configs,
+)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -39,6 +48,47 @@ def test_seed_and_seeds():
     ]:
         with pytest.raises(ConfigError, match=match):
             resolve_params("mnist", "cpu", device="cpu", **bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_explicit_seed_wins_over_the_preset_files_seeds(seed):
+    """papermill -f cpu.yaml -p seed S passes every value of the file and seed=S: the file's own
+    seeds count as the preset's, so the explicit seed wins (one seed, S)."""
+    from_file = {k: v for k, v in load_preset("mnist", "cpu").items() if k != "preset"}
+    assert len(from_file["seeds"]) > 1
+    p = resolve_params("mnist", "cpu", **from_file, seed=seed, device="cpu")
+    assert p["seeds"] == [seed] and p["seed"] == seed
+    assert [c.seed for c in run_configs("mnist", p)] == [seed] * len(from_file["rhos"])
+    with pytest.raises(ConfigError, match="disagree"):  # seeds other than the file's still must agree
+        resolve_params("mnist", "cpu", **{**from_file, "seeds": [5, 6]}, seed=seed, device="cpu")
+
+
+def test_run_config_fields_are_preset_parameters():
+    """COMMON follows RunConfig: kernels, hvp_method and lanczos_max_iter are parameters; the cpu
+    presets of mnist and shakespeare choose oneDNN, the others PyTorch's default kernels."""
+    assert {"kernels", "hvp_method", "lanczos_max_iter", "lanczos_tol"} <= set(COMMON)
+    assert {c.kernels for c in run_configs("mnist", resolve_params("mnist", "cpu", device="cpu"))} == {"onednn"}
+    assert resolve_params("shakespeare", "cpu", device="cpu")["kernels"] == "onednn"
+    assert resolve_params("mnist", "smoke", device="cpu")["kernels"] == "default"
+    assert resolve_params("cifar10", "cpu", device="cpu")["kernels"] == "default"
+    p = resolve_params("mnist", "cpu", kernels="default", lanczos_max_iter=50, device="cpu")
+    assert {(c.kernels, c.lanczos_max_iter) for c in run_configs("mnist", p)} == {("default", 50)}
+    with pytest.raises(ConfigError, match=r"kernels must be one of \['default', 'onednn'\]"):
+        run_configs("mnist", resolve_params("mnist", "cpu", kernels="mkl", device="cpu"))
+
+
+def test_parse_value_and_assignment():
+    """Parameter text is YAML with numbers such as 1e-3 as floats; NAME=VALUE splits at the first '='."""
+    assert parse_value("1e-3") == 1e-3 and isinstance(parse_value("1e-3"), float)
+    assert parse_value("[0.0, 1e-2]") == [0.0, 0.01] and parse_value("true") is True and parse_value("3") == 3
+    assert parse_value("onednn") == "onednn"
+    assert parse_assignment(" lanczos_tol =1e-4") == ("lanczos_tol", 1e-4)
+    assert parse_assignment("note=a=b") == ("note", "a=b")
+    for bad in ("eta", "=0.1"):
+        with pytest.raises(ConfigError, match="NAME=VALUE"):
+            parse_assignment(bad)
+    with pytest.raises(ConfigError, match="YAML"):
+        parse_value("[0.1,")
 
 
 def test_cpu_has_three_sam_radii_and_paper_is_authors_setting():
