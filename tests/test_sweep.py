@@ -22,13 +22,12 @@ from samedge.columns import TIMING_COLUMNS
 from samedge.config import ConfigError
 from samedge.loop import CHECKPOINT, run
 from samedge.record import RunRecord
+from samedge.runs import parse_grid, plan
 from samedge.sweep import (
     RunJob,
     SweepRunner,
     execute,
     make_executor,
-    parse_grid,
-    plan,
     slurm_parameters,
     slurm_script,
     sweep,

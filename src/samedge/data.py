@@ -120,7 +120,6 @@ def fetch_file(url: str, dest: Path, sha256: Optional[str] = None) -> None:
             os.unlink(tmp)
 
 
-
 def _offline_error(what: str, root: Path, files: list, url: str, err: Exception) -> DataError:
     listing = "\n  ".join(str(root / f) for f in files)
     return DataError(

@@ -44,6 +44,7 @@ class Operator(Protocol):
 
     def __call__(self, vec: torch.Tensor) -> torch.Tensor: ...
 
+
 __all__ = [
     "DEFAULT_TOL",
     "HessianOperator",

@@ -9,7 +9,7 @@ The edges 2/eta and the SAM-edge are drawn for *this* loss throughout the book.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,14 @@ from torch.func import functional_call
 
 from .vectors import Params
 
-__all__ = ["squared_loss", "masked_cross_entropy", "module_loss", "parameters_of", "cohen_factor"]
+__all__ = [
+    "squared_loss",
+    "masked_cross_entropy",
+    "module_loss",
+    "batch_loss",
+    "parameters_of",
+    "cohen_factor",
+]
 
 
 def cohen_factor(num_classes: int) -> float:
@@ -55,5 +62,30 @@ def module_loss(
 
     def loss_fn(params: Params) -> torch.Tensor:
         return loss(functional_call(model, {**params, **buffers}, (inputs,)), targets)
+
+    return loss_fn
+
+
+class _LossOfBatch(torch.nn.Module):
+    """``fn(model, batch)`` as a module, so that ``functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor]):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.fn(self.model, batch)
+
+
+def batch_loss(
+    model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor], batch: Any
+) -> Callable[[Params], torch.Tensor]:
+    """The loss closure params -> fn(model_params, batch) for a user's ``fn(model, batch)``: any
+    batch format (dicts, ``(x, y, extra)`` tuples, several inputs), one fixed batch."""
+    wrapper = _LossOfBatch(model, fn)
+    buffers = {f"model.{k}": b for k, b in model.named_buffers()}
+
+    def loss_fn(params: Params) -> torch.Tensor:
+        return functional_call(wrapper, {**{f"model.{k}": v for k, v in params.items()}, **buffers}, (batch,))
 
     return loss_fn

@@ -43,7 +43,7 @@ from .columns import (
 from .environment import environment
 from .hessian import DEFAULT_TOL, HVPMethod
 from .kernels import check_kernels
-from .losses import module_loss
+from .losses import batch_loss, module_loss
 from .measure import WarmStart, loss_and_grad, measure, prepare
 from .monitor_record import MonitorRecord
 from .rules import EdgeSpec, edge_spec
@@ -55,6 +55,32 @@ __all__ = ["EdgeMonitor"]
 
 def _is_batch(data: Any) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+
+
+def _one_batch(data: Any) -> bool:
+    """For ``batch_loss``: a tuple, dict or tensor is one batch; a list or another iterable holds batches."""
+    return isinstance(data, (tuple, dict, torch.Tensor))
+
+
+def _size(batch: Any) -> int:
+    """Examples in a batch: the length of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    items = batch.values() if isinstance(batch, dict) else batch
+    for t in items:
+        if isinstance(t, torch.Tensor):
+            return len(t)
+    raise ValueError(f"cannot tell the size of a batch without tensors: {type(batch).__name__}")
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
 
 
 class EdgeMonitor:
@@ -75,15 +101,22 @@ class EdgeMonitor:
             monitor.step()
         monitor.to_frame(); monitor.save("runs/mine")
 
-    ``tol``/``max_iter``: Lanczos relative residual and HVP cap; ``seed``: the Lanczos start of the
-    first measurement (later ones warm-start from the previous eigenvector); ``train_mode``:
-    see the module docstring; ``kernels``: ``"default"`` or ``"onednn"`` (``samedge.kernels``).
+    Other batch formats (dicts, ``(x, y, extra)`` tuples, models with several inputs): pass
+    ``batch_loss=True`` and ``loss_fn(model, batch)``; ``data`` is then one batch (a tuple, dict or
+    tensor) or a list or other iterable of batches. The format is checked when the monitor is built.
+
+    ``edge``: your own edge for an optimizer without a derived one (ASAM, ...), a number or a
+    function of the gradient norm at the measured point; it replaces the inferred edge, and the
+    record says so. ``tol``/``max_iter``: Lanczos relative residual and HVP cap; ``seed``: the
+    Lanczos start of the first measurement (later ones warm-start from the previous eigenvector);
+    ``train_mode``: see the module docstring; ``kernels``: ``"default"`` or ``"onednn"``
+    (``samedge.kernels``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: Callable[..., torch.Tensor],
         data: Any,
         optimizer: torch.optim.Optimizer,
         every: int = 10,
@@ -94,6 +127,8 @@ class EdgeMonitor:
         train_mode: bool = False,
         hvp_method: HVPMethod = "double_backward",
         kernels: str = "default",
+        batch_loss: bool = False,
+        edge: Optional[float | Callable[[float], float]] = None,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer (measure every that many steps), got {every!r}")
@@ -103,6 +138,9 @@ class EdgeMonitor:
             raise ValueError("eval_data must be one (inputs, targets) pair of tensors")
         if not (isinstance(tol, (int, float)) and tol > 0):
             raise ValueError(f"tol must be a number > 0, got {tol!r}")
+        if edge is not None and not callable(edge) and not (isinstance(edge, (int, float)) and edge > 0):
+            raise ValueError(f"edge must be a number > 0 or a function of the gradient norm, got {edge!r}")
+        self.batch_loss, self.user_edge = batch_loss, edge
         self.model, self.loss_fn, self.data, self.optimizer = model, loss_fn, data, optimizer
         self.every, self.eval_data, self.tol, self.max_iter, self.seed = every, eval_data, tol, max_iter, seed
         self.train_mode, self.hvp_method, self.kernels = train_mode, hvp_method, check_kernels(kernels)
@@ -113,7 +151,8 @@ class EdgeMonitor:
         self._warned: set = set()
         self._seconds = 0.0  # spent measuring
         self._start = time.perf_counter()
-        self._warn(edge_spec(optimizer))
+        self._check_data(data)
+        self._spec()
 
     def _warn(self, spec: EdgeSpec) -> None:
         if spec.rule is None and spec.reason not in self._warned:
@@ -135,13 +174,39 @@ class EdgeMonitor:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to measure")
         return params
 
+    def _batches(self, data: Any) -> list:
+        if self.batch_loss:
+            return [data] if _one_batch(data) else list(data)
+        return [data] if _is_batch(data) else list(data)
+
+    def _check_data(self, data: Any) -> None:
+        """The data's format, checked once at build time (the first batch of an iterable)."""
+        if self.batch_loss:
+            first = data if _one_batch(data) else next(iter(data), None)
+            if first is None:
+                raise ValueError("data holds no batch")
+            _size(first)
+            return
+        if _is_batch(data):
+            return
+        first = next(iter(data), None) if isinstance(data, (list, tuple)) or hasattr(data, "__iter__") else None
+        if first is None or not _is_batch(first):
+            raise ValueError(
+                "data must be an (inputs, targets) pair of tensors or an iterable of such pairs; for other "
+                "formats (dicts, (x, y, extra) tuples, several inputs) pass batch_loss=True and loss_fn(model, batch)"
+            )
+
     def _closures(self, device: torch.device) -> tuple:
         """(loss closures, their weights) on the monitor's data, moved to ``device``."""
-        batches = [self.data] if _is_batch(self.data) else list(self.data)
-        if not batches or not all(_is_batch(b) for b in batches):
-            raise ValueError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs")
-        fns = [module_loss(self.model, self.loss_fn, x.to(device), y.to(device)) for x, y in batches]
-        sizes = [len(b[0]) for b in batches]
+        batches = self._batches(self.data)
+        if self.batch_loss:
+            fns = [batch_loss(self.model, self.loss_fn, _to(b, device)) for b in batches]
+            sizes = [_size(b) for b in batches]
+        else:
+            if not batches or not all(_is_batch(b) for b in batches):
+                raise ValueError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs")
+            fns = [module_loss(self.model, self.loss_fn, x.to(device), y.to(device)) for x, y in batches]
+            sizes = [len(b[0]) for b in batches]
         if len(fns) == 1:
             return fns[0], None
         return fns, [s / float(sum(sizes)) for s in sizes]
@@ -199,8 +264,7 @@ class EdgeMonitor:
     def _measure(self) -> Dict[str, Any]:
         params = self._params()
         device = next(iter(params.values())).device
-        spec = edge_spec(self.optimizer)  # param groups can change (schedules, user edits)
-        self._warn(spec)
+        spec = self._spec()  # param groups can change (schedules, user edits)
         fns, weights = self._closures(device)
         train = prepare(fns, params, self.hvp_method, weights, kernels=self.kernels)
         gn = float(norm(train.grad))
@@ -223,7 +287,7 @@ class EdgeMonitor:
         row, self._warm = measure(
             self.t,
             train,
-            spec.edge if spec.rule else None,
+            self._edge_at(spec),
             lr,
             self._warm,
             self.tol,
@@ -235,6 +299,20 @@ class EdgeMonitor:
         if not math.isfinite(row[OP_NORM]) and self.diverged_at is None:
             self.diverged_at = self.t
         return row
+
+    def _spec(self) -> EdgeSpec:
+        """The optimizer's rule now; a warning, once, when it has no edge and none was given."""
+        spec = edge_spec(self.optimizer)
+        if self.user_edge is None:
+            self._warn(spec)
+        return spec
+
+    def _edge_at(self, spec: EdgeSpec) -> Optional[Callable[[float], Optional[float]]]:
+        """The edge as a function of the gradient norm: the user's, else the rule's, else None."""
+        user = self.user_edge
+        if user is not None:
+            return user if callable(user) else (lambda gn: float(user))
+        return spec.edge if spec.rule else None
 
     def to_frame(self):
         """The rows as a pandas DataFrame (one row per measurement)."""
@@ -260,12 +338,13 @@ class EdgeMonitor:
         tabulated by ``samedge.analysis``) under ``label`` (default: ``self.label()``)."""
         spec = edge_spec(self.optimizer)
         first = next(iter(self._params().values()))
+        user = self.user_edge is not None
         lr = self.optimizer.param_groups[0].get("lr")
         meta = dict(
-            label=label or self.label(),
+            label=label or self.label() + (" (your edge)" if user else ""),
             optimizer=type(self.optimizer).__name__,
-            rule=spec.rule,
-            no_edge_reason=spec.reason or None,
+            rule="user" if user else spec.rule,
+            no_edge_reason=None if user else (spec.reason or None),
             lr=None if lr is None else float(lr),
             rho=spec.rho,
             beta=spec.beta,

@@ -56,6 +56,7 @@ EDGE_LABELS = {
     "momentum": "$2(1+\\beta)/\\eta$",
     "sam": "SAM-edge",
     "usam": "unnormalized-SAM edge",
+    "user": "your edge",
 }
 LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
 WIDTH = 7.2  # inches: the book's content column at 100 dpi, so figures are not scaled down
