@@ -536,11 +536,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 fail(task, ["repro"], err)
             verdicts.append(f"{task} {rows[task]['repro']}")
         same = [t for t in args.tasks if rows[t].get("repro", "").startswith("identical")]
-        ok = len(same) == len(args.tasks)
-        failed |= any(rows[t].get("repro", "").startswith(("differ", "failed")) for t in args.tasks)
+        bad = any(rows[t].get("repro", "").startswith(("differ", "failed")) for t in args.tasks)
+        failed |= bad
+        verdict = "PASS" if len(same) == len(args.tasks) else ("FAIL" if bad else "INCOMPLETE")
         lines.append(
             f"Determinism: two identical runs of {repro_steps} steps per task, records compared without the timing "
-            f"columns: {'; '.join(verdicts)}: {'PASS' if ok else 'FAIL'}"
+            f"columns: {'; '.join(verdicts)}: {verdict}"
         )
         log(lines[-1])
         for task in args.tasks:
@@ -551,7 +552,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rows[task].update({k: "n/a (--no-compile)" for k in keys})
                 continue
             e = ctxs[task]["eager"]
-            estimate = 30 + 2 * args.steps * e["sam_s"] + 2 * e["end"]["seconds"]
+            estimate = 30 + 2 * (1.5 * args.steps * e["sam_s"] + e["start"]["seconds"] + e["end"]["seconds"])
             if clock.left() < estimate:
                 incomplete = True
                 continue
