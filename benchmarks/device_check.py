@@ -220,10 +220,9 @@ def measure(make_op, batches, params, cfg, warm, seed: int, device: str) -> Dict
 
 
 def time_pass(built, cfg, init, steps: int, loss_of, make_op, device: str, clock: Clock) -> Dict[str, Any]:
-    """Start measurement, one warm-up SAM and GD step, ``steps`` timed SAM steps, end
-    measurement, timed GD steps. ``loss_of(x, y)``
-    is the loss closure of a batch, ``make_op(x, y, params)`` its HVP operator (None: no
-    measurements)."""
+    """Start measurement, one warm-up SAM and GD step, ``steps`` timed SAM steps, end measurement,
+    timed GD steps. ``loss_of(x, y)`` is the loss closure of a batch, ``make_op(x, y, params)``
+    its HVP operator (None: no measurements)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     params = dict(init)
     x, y = built.sample(0, gen)
