@@ -49,6 +49,8 @@ __all__ = [
     "DEFAULT_TOL",
     "HessianOperator",
     "FiniteDifferenceHessianOperator",
+    "PreconditionedOperator",
+    "adam_preconditioner",
     "EigenResult",
     "Sharpness",
     "lanczos",
@@ -188,6 +190,102 @@ class FiniteDifferenceHessianOperator:
         plus = self.grad({k: self.params[k] + self.eps * v[k] for k in v})
         minus = self.grad({k: self.params[k] - self.eps * v[k] for k in v})
         return n * (flatten(plus) - flatten(minus)) / (2 * self.eps)
+
+
+class PreconditionedOperator:
+    """The symmetric operator P^-1/2 (H + shift I) P^-1/2 of an HVP operator and a positive diagonal P.
+
+    Its eigenvalues are those of P^-1 (H + shift I) (similar matrices), the sharpness the edges of
+    Adam, AdamW and RMSprop are stated for (``samedge.edge.adam_edge``); an eigenvector y of it
+    gives the eigenvector P^-1/2 y of P^-1 H. ``diag`` is the flat diagonal or a parameter dict
+    (e.g. ``adam_preconditioner``), read in the key order of ``op.params`` when ``op`` has them.
+    ``shift``: Adam's or RMSprop's coupled weight decay, which the preconditioner also divides."""
+
+    def __init__(self, op: Matvec, diag: torch.Tensor | Params, shift: float = 0.0):
+        self.op = op
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+        if isinstance(diag, torch.Tensor):
+            flat = diag.reshape(-1)
+        else:
+            like = getattr(op, "params", None)
+            if like is not None:
+                if set(diag) != set(like):
+                    raise ValueError(f"diag has keys {sorted(diag)}, the operator's parameters are {sorted(like)}")
+                bad = [k for k in like if diag[k].shape != like[k].shape]
+                if bad:
+                    raise ValueError(f"diag's shapes differ from the parameters' for {bad}")
+                diag = {k: diag[k] for k in like}
+            flat = flatten(diag)
+        if flat.numel() != self.size:
+            raise ValueError(f"diag has {flat.numel()} entries, the operator acts on {self.size}")
+        flat = flat.to(device=self.device, dtype=torch.float64)
+        if not bool(torch.all(torch.isfinite(flat) & (flat > 0))):
+            raise ValueError("diag must be finite and > 0 (Adam's P = sqrt(v_hat) + eps is, for eps > 0)")
+        if not math.isfinite(shift):
+            raise ValueError(f"shift must be finite, got {shift!r}")
+        self.shift = float(shift)
+        self.inv_sqrt = flat.rsqrt().to(self.dtype)
+        self.calls = 0
+
+    def __call__(self, vec: torch.Tensor) -> torch.Tensor:
+        """P^-1/2 (H + shift I) P^-1/2 vec on flat vectors (one HVP)."""
+        self.calls += 1
+        u = self.inv_sqrt * vec.to(self.dtype)
+        hu = self.op(u)
+        if self.shift != 0.0:
+            hu = hu + self.shift * u
+        return self.inv_sqrt * hu
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Params) -> Params:
+    """The diagonal P that ``optimizer``'s next step divides by, per parameter of ``params``.
+
+    ``torch.optim.Adam`` / ``AdamW``: P = sqrt(exp_avg_sq / (1 - beta2^step)) + eps, as torch
+    computes its denominator; ``torch.optim.RMSprop``: P = sqrt(square_avg) + eps (no bias
+    correction; centered: sqrt(square_avg - grad_avg^2) + eps). A ``samedge.SAM`` is read through
+    its base optimizer. ``params`` maps names to the optimizer's own parameter tensors."""
+    opt = getattr(optimizer, "base_optimizer", optimizer)
+    if isinstance(opt, torch.optim.Adam):  # AdamW subclasses Adam
+        kind, key = "adam", "exp_avg_sq"
+    elif isinstance(opt, torch.optim.RMSprop):
+        kind, key = "rmsprop", "square_avg"
+    else:
+        raise ValueError(
+            f"adam_preconditioner reads torch.optim.Adam, AdamW or RMSprop state, got {type(opt).__name__}"
+        )
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    if not any(opt.state.get(p) for p in params.values()):
+        raise ValueError(
+            f"{type(opt).__name__} has no state for these parameters: take a step first (P is read from it)"
+        )
+    out = {}
+    for name, p in params.items():
+        group = group_of.get(id(p))
+        if group is None:
+            raise ValueError(f"parameter {name!r} is not one of the optimizer's parameters")
+        state = opt.state.get(p, {})
+        if key not in state:
+            raise ValueError(
+                f"parameter {name!r} has no {key!r} in the optimizer state (no gradient reached it): "
+                "leave it out of params"
+            )
+        with torch.no_grad():
+            if kind == "adam":
+                if group.get("amsgrad", False):
+                    raise ValueError(
+                        "amsgrad=True divides by sqrt(max_exp_avg_sq / (1 - beta2^step)) + eps, the running "
+                        "maximum, not exp_avg_sq; reading that preconditioner is not implemented"
+                    )
+                step = float(state["step"])
+                bias2 = 1 - group["betas"][1] ** step
+                denom = state[key].sqrt() / math.sqrt(bias2) + group["eps"]
+            else:
+                avg = state[key]
+                if group.get("centered", False):
+                    avg = avg - state["grad_avg"] ** 2
+                denom = avg.sqrt() + group["eps"]
+        out[name] = denom.detach().clone()
+    return out
 
 
 @dataclass
