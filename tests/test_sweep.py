@@ -145,6 +145,26 @@ def test_unknown_task_preset_and_seeds_are_errors(tmp_path):
         plan("mnist", "smoke", {"eta": [0.1]}, None, {"eta": 0.2}, tmp_path)
 
 
+def test_job_device_on_this_machine_or_a_slurm_node():
+    """A local or debug job's device is resolved here; a SLURM job's on its node: 'auto' is cuda
+    exactly when GPUs are requested, and 'cuda' is not checked against this machine."""
+    from samedge.config import resolve_device
+    from samedge.sweep import EXECUTORS, check_executor
+
+    assert resolve_device("auto", here=False, gpus=0) == "cpu"
+    assert resolve_device("auto", here=False, gpus=2) == "cuda"
+    assert resolve_device("cuda:1", here=False) == "cuda:1" and resolve_device("cpu", here=False, gpus=1) == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device must be"):
+        resolve_device("tpu", here=False)
+    assert [check_executor(e) for e in EXECUTORS] == list(EXECUTORS) == ["local", "slurm", "debug"]
+    with pytest.raises(ConfigError, match=r"executor must be one of \['local', 'slurm', 'debug'\]"):
+        check_executor("cluster")
+
+
 # ---- the local executor, end to end ----
 
 
