@@ -182,11 +182,8 @@ def test_edges_read_from_the_optimizer():
 @pytest.mark.parametrize(
     "make, why",
     [
-        (lambda m: _sgd(m, lr=0.1, momentum=0.9, nesterov=True), "nesterov"),
-        (lambda m: _sgd(m, lr=0.1, momentum=0.9, dampening=0.1), "dampening"),
-        (lambda m: _sgd(m, lr=0.1, weight_decay=1e-4), "weight_decay"),
-        (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "Adam"),
-        (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9), "momentum"),
+        (lambda m: torch.optim.Adagrad(m.parameters(), lr=1e-3), "Adagrad"),
+        (lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, amsgrad=True), "amsgrad"),
         (lambda m: SAM(m.parameters(), torch.optim.Adam, rho=0.05, lr=0.1), "Adam"),
         (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, adaptive=True, lr=0.1), "adaptive"),
         (
@@ -399,21 +396,21 @@ def test_warm_start_from_the_previous_eigenvector(monkeypatch):
 
 
 def test_save_without_an_edge_round_trips(tmp_path):
-    """A run whose optimizer has no edge formula (Adam) saves and reloads with empty edge and ratio."""
+    """A run whose optimizer has no edge formula (Adagrad) saves and reloads with empty edge and ratio."""
     from samedge import MonitorRecord
 
     model, (x, y) = tiny(), data()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with pytest.warns(UserWarning, match="Adam"):
+    opt = torch.optim.Adagrad(model.parameters(), lr=1e-2)
+    with pytest.warns(UserWarning, match="Adagrad"):
         mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, every=2)
     for _ in range(4):
         opt.zero_grad()
         nn.MSELoss()(model(x), y).backward()
         opt.step()
         mon.step()
-    mon.save(tmp_path / "adam")
-    rec = MonitorRecord.load(tmp_path / "adam")
-    assert rec.rule is None and "Adam" in rec.meta["no_edge_reason"]
+    mon.save(tmp_path / "adagrad")
+    rec = MonitorRecord.load(tmp_path / "adagrad")
+    assert rec.rule is None and "Adagrad" in rec.meta["no_edge_reason"]
     df = rec.frame
     assert df["step"].tolist() == [2, 4] and df["edge"].isna().all() and df["ratio"].isna().all()
     assert df["op_norm"].tolist() == pytest.approx([r["op_norm"] for r in mon.rows])

@@ -113,3 +113,74 @@ def test_save_refuses_a_directory_holding_a_record_and_load_round_trips(tmp_path
     (tmp_path / "a" / "record.csv").write_text("step,train_loss\n1\n")
     with pytest.raises(ValueError, match="record.csv is damaged"):
         MonitorRecord.load(tmp_path / "a")
+
+
+def _dense_hessian(model, x, y):
+    from torch.func import functional_call, hessian
+
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+
+    def f(v):
+        params, i = {}, 0
+        for n, sh in zip(names, shapes):
+            k = sh.numel()
+            params[n] = v[i : i + k].reshape(sh)
+            i += k
+        return nn.functional.mse_loss(functional_call(model, params, (x,)), y)
+
+    return hessian(f)(flat)
+
+
+@pytest.mark.parametrize(
+    "make, edge_of",
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True), lambda gn: 2 * 1.9 / (2.8 * 0.1)),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.5), lambda gn: 2 * 1.9 / (0.5 * 0.1)),
+        (lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.5), lambda gn: 2 / 0.1 - 0.5),
+        (
+            lambda p: __import__("samedge").SAM(p, torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, weight_decay=5e-4),
+            # the larger root of (rho/gn) lam^2 + lam = 2 (1 + beta)/eta - wd, typed here
+            lambda gn: (-1 + math.sqrt(1 + 4 * (0.05 / gn) * (38 - 5e-4))) / (2 * 0.05 / gn),
+        ),
+    ],
+)
+def test_edges_of_sgd_variants_and_sam_over_them(make, edge_of):
+    x, y = _data()
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known rule: no "no edge" warning
+        mon = EdgeMonitor(model, nn.MSELoss(), (x, y), make(model.parameters()))
+        row = mon.measure()
+    assert row["edge"] == pytest.approx(edge_of(row["grad_norm"]), rel=1e-10)
+    assert row["gd_edge"] is not None and row["gd_edge"] >= row["edge"] - 1e-9
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW", "RMSprop"])
+def test_adaptive_optimizers_measure_the_preconditioned_sharpness(kind):
+    """lambda_max(P^-1 (H + wd I)) against a dense float64 eigen-solve, with P read from the state."""
+    x, y = _data()
+    model = _model()
+    wd = 0.01
+    opt = getattr(torch.optim, kind)(model.parameters(), lr=1e-3, weight_decay=wd)
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    mon = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, tol=1e-10, max_iter=200)
+    row = mon.measure()
+    st = [opt.state[p] for p in model.parameters()]
+    g = opt.param_groups[0]
+    if kind == "RMSprop":
+        P = torch.cat([s["square_avg"].sqrt().reshape(-1) + g["eps"] for s in st])
+    else:
+        P = torch.cat(
+            [(s["exp_avg_sq"] / (1 - g["betas"][1] ** float(s["step"]))).sqrt().reshape(-1) + g["eps"] for s in st]
+        )
+    H = _dense_hessian(model, x, y)
+    shift = 0.0 if kind == "AdamW" else wd
+    S = (H + shift * torch.eye(len(P), dtype=F64)) / P.sqrt()[:, None] / P.sqrt()[None, :]
+    assert row["op_norm"] == pytest.approx(float(torch.linalg.eigvalsh(S).abs().max()), rel=1e-6)
+    expected = {"Adam": 2 * 1.9 / (0.1 * 1e-3), "AdamW": 1.9 * (2 - 1e-3 * wd) / (0.1 * 1e-3), "RMSprop": 2 / 1e-3}
+    assert row["edge"] == pytest.approx(expected[kind], rel=1e-10)
+    assert mon.record().meta["sharpness"] == "lambda_max(P^-1 H)"

@@ -20,6 +20,7 @@ Number = Union[float, int, np.ndarray, torch.Tensor]
 
 __all__ = [
     "RULES",
+    "PRECONDITIONED",
     "rule_of",
     "edge",
     "gd_edge",
@@ -34,8 +35,12 @@ __all__ = [
 ]
 
 # The update rules whose edges this module knows: the names runs, monitors and records use.
-# gd: 2/eta; momentum: heavy-ball GD; sam: normalized SAM; usam: unnormalized SAM.
-RULES = ("gd", "momentum", "sam", "usam")
+# gd: 2/eta; momentum: heavy-ball GD; sam / usam: normalized / unnormalized SAM over plain SGD;
+# sgd: torch.optim.SGD with dampening, Nesterov or weight decay; sam_sgd: samedge.SAM over it;
+# adam, adamw, rmsprop: torch.optim's, on the preconditioned sharpness.
+RULES = ("gd", "momentum", "sam", "usam", "sgd", "sam_sgd", "adam", "adamw", "rmsprop")
+# The rules whose edge bounds the preconditioned sharpness lambda_max(P^-1 H), not ||H||.
+PRECONDITIONED = ("adam", "adamw", "rmsprop")
 
 
 def _check(name: str, value: Number, *, positive: bool = False, nonnegative: bool = False) -> None:
@@ -109,10 +114,22 @@ def rule_of(rho: float, normalize: bool = True) -> str:
     return "sam" if normalize else "usam"
 
 
-def edge(rule: str, eta: Number, rho: Number = 0.0, grad_norm: Optional[Number] = None, beta: Number = 0.0) -> Number:
+def edge(
+    rule: str,
+    eta: Number,
+    rho: Number = 0.0,
+    grad_norm: Optional[Number] = None,
+    beta: Number = 0.0,
+    dampening: Number = 0.0,
+    nesterov: bool = False,
+    weight_decay: Number = 0.0,
+    normalize: bool = True,
+) -> Number:
     """The edge a sharpness is compared with, by update rule (``RULES``): 2/eta for 'gd',
     2(1+beta)/eta for 'momentum', the SAM-edge from ||grad L(w)|| for 'sam', the
-    gradient-independent edge for 'usam'."""
+    gradient-independent edge for 'usam'; ``sgd_edge`` for 'sgd', ``sam_sgd_edge`` for 'sam_sgd'
+    (``beta`` the momentum), and on the preconditioned sharpness ``adam_edge`` for 'adam' and
+    ``adamw_edge`` for 'adamw' (``beta`` = beta1), ``rmsprop_edge`` for 'rmsprop'."""
     if rule == "gd":
         return gd_edge(eta)
     if rule == "momentum":
@@ -123,6 +140,16 @@ def edge(rule: str, eta: Number, rho: Number = 0.0, grad_norm: Optional[Number] 
         return sam_edge(eta, rho, grad_norm)
     if rule == "usam":
         return unnormalized_sam_edge(eta, rho)
+    if rule == "sgd":
+        return sgd_edge(eta, beta, dampening, nesterov, weight_decay)
+    if rule == "sam_sgd":
+        return sam_sgd_edge(eta, rho, grad_norm, beta, dampening, nesterov, weight_decay, normalize)
+    if rule == "adam":
+        return adam_edge(eta, beta)
+    if rule == "adamw":
+        return adamw_edge(eta, beta, weight_decay)
+    if rule == "rmsprop":
+        return rmsprop_edge(eta, beta)
     raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
 
 

@@ -201,7 +201,7 @@ class PreconditionedOperator:
     (e.g. ``adam_preconditioner``), read in the key order of ``op.params`` when ``op`` has them.
     ``shift``: Adam's or RMSprop's coupled weight decay, which the preconditioner also divides."""
 
-    def __init__(self, op: Matvec, diag: torch.Tensor | Params, shift: float = 0.0):
+    def __init__(self, op: Operator, diag: torch.Tensor | Params, shift: float = 0.0):
         self.op = op
         self.size, self.dtype, self.device = op.size, op.dtype, op.device
         if isinstance(diag, torch.Tensor):

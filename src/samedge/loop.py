@@ -20,6 +20,7 @@ from . import rundir
 from .columns import MEASURE_SECONDS, OP_NORM, TRAIN_SECONDS
 from .config import ConfigError, RunConfig, resolve_device
 from .edge import edge as stability_edge
+from .edge import gd_edge
 from .environment import environment
 from .losses import module_loss, parameters_of
 from .measure import WarmStart, measure, prepare
@@ -198,7 +199,7 @@ def _run(
                 t,
                 point,
                 edge_at,
-                cfg.eta,
+                gd_edge(cfg.eta),
                 state["warm"],
                 cfg.lanczos_tol,
                 cfg.lanczos_max_iter,

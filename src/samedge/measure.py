@@ -34,8 +34,7 @@ from .columns import (
     STEP,
     TRAIN_LOSS,
 )
-from .edge import gd_edge
-from .hessian import HessianOperator, HVPMethod, LossFn, sharpness
+from .hessian import HessianOperator, HVPMethod, LossFn, PreconditionedOperator, sharpness
 from .vectors import Params, alignment, flatten, norm
 
 __all__ = ["Point", "WarmStart", "prepare", "loss_and_grad", "measure"]
@@ -103,7 +102,7 @@ def measure(
     step: int,
     train: Point,
     edge_at: Optional[EdgeAt],
-    lr: Optional[float],
+    base_edge: Optional[float],
     warm: WarmStart,
     tol: float,
     max_iter: int,
@@ -112,15 +111,19 @@ def measure(
     eval_point: Optional[Point] = None,
     ascent_params: Optional[Params] = None,
     ascent_loss: Optional[LossFn] = None,
+    precondition: Optional[tuple] = None,
 ) -> tuple[Dict[str, Any], WarmStart]:
     """(row, warm start): the record row at w_t and the eigenvectors the next measurement starts from.
 
-    ``edge_at(grad_norm)`` is the edge (None: unknown, so no ratio); ``lr`` gives the 2/eta
-    column. ``sam_grad`` adds its alignment with the top eigenvector, ``eval_point`` the eval
+    ``edge_at(grad_norm)`` is the edge (None: unknown, so no ratio); ``base_edge`` fills the
+    ``gd_edge`` column (the base rule's edge without SAM: 2/eta for GD). ``precondition`` =
+    (P, shift) measures lambda_max(P^-1 (H + shift I)) instead of ||H|| (Adam, AdamW, RMSprop;
+    ``samedge.hessian.PreconditionedOperator``). ``sam_grad`` adds its alignment with the top eigenvector, ``eval_point`` the eval
     columns, ``ascent_params`` (with ``ascent_loss``) ||H||_op at the SAM ascent point.
     Lanczos seeds: ``seed`` for the training loss, +1 for the eval batch, +2 for the ascent point."""
     gn = float(norm(train.grad))
-    sh = sharpness(train.op, v0=warm.train, tol=tol, max_iter=max_iter, seed=seed)
+    op = train.op if precondition is None else PreconditionedOperator(train.op, *precondition)
+    sh = sharpness(op, v0=warm.train, tol=tol, max_iter=max_iter, seed=seed)
     edge = edge_at(gn) if edge_at is not None else None
     row: Dict[str, Any] = {
         STEP: step,
@@ -130,7 +133,7 @@ def measure(
         LAMBDA_MAX: sh.lambda_max,
         LAMBDA_MIN: sh.lambda_min,
         EDGE: edge,
-        GD_EDGE: gd_edge(lr) if lr is not None else None,
+        GD_EDGE: base_edge,
         RATIO: _ratio(sh.op_norm, edge),
         ALIGN_GRAD: alignment(flatten(train.grad), sh.eigenvector),
     }

@@ -41,7 +41,7 @@ from .columns import (
     TRAIN_SECONDS,
 )
 from .environment import environment
-from .hessian import DEFAULT_TOL, HVPMethod
+from .hessian import DEFAULT_TOL, HVPMethod, adam_preconditioner
 from .kernels import check_kernels
 from .losses import batch_loss, module_loss
 from .measure import WarmStart, loss_and_grad, measure, prepare
@@ -283,18 +283,22 @@ class EdgeMonitor:
                 self.hvp_method,
                 kernels=self.kernels,
             )
-        lr = spec.lr if spec.rule is not None else None
+        # A user's edge is compared with ||H||; an adaptive optimizer's with lambda_max(P^-1 H).
+        precondition = self._preconditioner(spec) if spec.preconditioned and self.user_edge is None else None
+        known = precondition is not None or not spec.preconditioned or self.user_edge is not None
+        edge_at = self._edge_at(spec) if known else None
         row, self._warm = measure(
             self.t,
             train,
-            self._edge_at(spec),
-            lr,
+            edge_at,
+            spec.gd_edge() if self.user_edge is None else None,
             self._warm,
             self.tol,
             self.max_iter,
             self.seed + self.t,
             sam_grad=sam_grad,
             eval_point=eval_point,
+            precondition=precondition,
         )
         if not math.isfinite(row[OP_NORM]) and self.diverged_at is None:
             self.diverged_at = self.t
@@ -306,6 +310,17 @@ class EdgeMonitor:
         if self.user_edge is None:
             self._warn(spec)
         return spec
+
+    def _preconditioner(self, spec: EdgeSpec) -> Optional[tuple]:
+        """(P, shift) of an Adam, AdamW or RMSprop step now; None (a warning, once) before its first step."""
+        params: Params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        try:
+            diag = adam_preconditioner(self.optimizer, params)
+        except ValueError as err:
+            self._warn(EdgeSpec(None, reason=f"no preconditioner to measure with yet: {err}"))
+            return None
+        # Coupled weight decay (Adam, RMSprop) divides by P too; AdamW's decoupled decay is in its edge.
+        return diag, (spec.weight_decay if spec.rule in ("adam", "rmsprop") else 0.0)
 
     def _edge_at(self, spec: EdgeSpec) -> Optional[Callable[[float], Optional[float]]]:
         """The edge as a function of the gradient norm: the user's, else the rule's, else None."""
@@ -321,7 +336,10 @@ class EdgeMonitor:
         return pd.DataFrame(self.rows)
 
     def label(self) -> str:
-        """A short name of the update rule, e.g. 'SGD', 'SGD momentum=0.9', 'SAM rho=0.05'."""
+        """The update rule in full, e.g. 'SGD momentum=0.9 weight_decay=0.0005', 'SAM rho=0.05 over SGD'."""
+        spec = edge_spec(self.optimizer)
+        if spec.label:
+            return spec.label
         g = self.optimizer.param_groups[0]
         if isinstance(self.optimizer, SAM):
             kind = "SAM" if g.get("normalize", True) else "unnormalized SAM"
@@ -344,6 +362,7 @@ class EdgeMonitor:
             label=label or self.label() + (" (your edge)" if user else ""),
             optimizer=type(self.optimizer).__name__,
             rule="user" if user else spec.rule,
+            sharpness="lambda_max(P^-1 H)" if spec.preconditioned and not user else "||H||_op",
             no_edge_reason=None if user else (spec.reason or None),
             lr=None if lr is None else float(lr),
             rho=spec.rho,

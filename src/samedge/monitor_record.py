@@ -60,6 +60,7 @@ META_TYPES: Dict[str, Any] = {
     "seed": int,
     "device": str,
     "dtype": str,
+    "sharpness": str,
 }
 # Columns that stay empty when the optimizer has no known edge.
 NO_EDGE_COLUMNS = (EDGE, GD_EDGE, RATIO, ALIGN_SAM_GRAD)
