@@ -216,6 +216,27 @@ def test_rayleigh_quotient_along_u_is_the_aligned_factor():
     assert sam_edge(eta, rho, op.grad_norm) < lam < gd_edge(eta)
 
 
+def test_quadratic_sandwich_between_the_two_edges():
+    """On random positive definite quadratics (lam_1 = ||H||): u^T M u <= mu <= lam (1 + rho lam / ||g||),
+    so eta mu <= 2 below the SAM-edge and eta mu > 2 above the aligned edge."""
+    rng = np.random.default_rng(12)
+    for seed in range(20):
+        lams = np.sort(rng.uniform(0.1, 3.0, 6))[::-1].tolist()
+        A, Q = _quadratic(lams, seed=100 + seed)
+        w = torch.from_numpy(rng.standard_normal(6))
+        rho = float(10 ** rng.uniform(-2, 0))
+        op = SAMMapOperator(lambda p, A=A: 0.5 * p["w"] @ A @ p["w"], {"w": w}, rho)
+        mu = sam_map_sharpness(lambda p, A=A: 0.5 * p["w"] @ A @ p["w"], {"w": w}, rho, tol=1e-12).value
+        u, lam, gn = Q[:, 0], lams[0], op.grad_norm
+        cos2 = float((u @ A @ w) ** 2) / gn**2
+        assert lam * (1 + rho * (1 - cos2) * lam / gn) <= mu * (1 + 1e-10)
+        assert mu <= lam * (1 + rho * lam / gn) * (1 + 1e-10)
+        for eta in (0.999 * 2 / (lam * (1 + rho * lam / gn)), 1.001 * 2 / (lam * (1 + rho * (1 - cos2) * lam / gn))):
+            below = lam <= sam_edge(eta, rho, gn)
+            above = lam > aligned_sam_edge(eta, rho, gn, cos2)
+            assert below != above and (eta * mu <= 2 if below else eta * mu > 2)
+
+
 def test_aligned_sam_edge_types_and_validation():
     """Scalars, arrays and tensors, equal to sam_edge with rho (1 - cos2); cos2 outside [0, 1] fails."""
     cos2 = np.array([0.0, 0.25, 1.0])
