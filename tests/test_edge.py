@@ -243,13 +243,18 @@ def test_edge_dispatches_on_every_rule():
         "momentum": momentum_edge(eta, beta),
         "sam": sam_edge(eta, rho, g),
         "usam": unnormalized_sam_edge(eta, rho),
+        "sgd": sgd_edge(eta, beta, 0.1, False, 0.01),
+        "sam_sgd": sam_sgd_edge(eta, rho, g, beta, 0.1, False, 0.01),
+        "adam": adam_edge(eta, beta),
+        "adamw": adamw_edge(eta, beta, 0.01),
+        "rmsprop": rmsprop_edge(eta, beta),
     }
     assert set(want) == set(RULES)
     for rule, value in want.items():
-        assert edge(rule, eta, rho, g, beta) == value, rule
+        assert edge(rule, eta, rho, g, beta, dampening=0.1, weight_decay=0.01) == value, rule
     assert edge("momentum", eta, beta=beta) == pytest.approx(2 * (1 + beta) / eta, rel=1e-15)
     assert edge("momentum", eta) == gd_edge(eta)  # beta = 0: plain GD
     with pytest.raises(ValueError, match="grad_norm"):
         edge("sam", eta, rho)
-    with pytest.raises(ValueError, match="momentum"):
-        edge("adam", eta)
+    with pytest.raises(ValueError, match="rmsprop"):
+        edge("adagrad", eta)

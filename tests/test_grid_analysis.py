@@ -176,3 +176,27 @@ def test_edge_facts_and_per_seed_ratios_by_hand():
     assert wide.iloc[0]["seed 0"] == pytest.approx(1.0) and wide.iloc[0]["seed 1"] == pytest.approx(1.0)
     assert wide.iloc[1]["seed 0"] == pytest.approx(1.0) and math.isnan(wide.iloc[1]["seed 1"])
     assert first_seed([gd1, sam0, gd0]) == [sam0, gd0]
+
+
+def test_summary_table_band_columns_are_numbers():
+    """summary_table: per task and setting the band's bounds as numbers (BAND_LOW, BAND_HIGH, by
+    the task's batching), whether the seeds' mean is in it, and how many seeds are."""
+    from samedge.analysis import BAND_HIGH, BAND_LOW, BANDS, IN_BAND, SEEDS_IN_BAND
+    from samedge.summary import summary_table
+
+    full = [
+        _loss_record(0.0, 0, [0.9, 1.0, 1.1]),  # median 1.0
+        _loss_record(0.0, 1, [1.0, 1.2, 1.1]),  # median 1.1
+        _loss_record(0.1, 0, [1.2, 1.0, 1.05]),  # median 1.05
+        _loss_record(0.1, 1, [1.3, 1.2, 1.1]),  # median 1.2: above the full-batch band
+        _loss_record(0.1, 2, [0.9, 0.95, 0.8]),  # median 0.9
+    ]
+    mini = [_loss_record(0.1, s, [1.2, 1.2, 1.2], batch_size=8) for s in (0, 1)]  # median 1.2
+    t = summary_table({"mnist": full, "shakespeare": mini})
+    assert "band" not in t.columns and {BAND_LOW, BAND_HIGH} <= set(t.columns)
+    assert list(zip(t["task"], t["run"])) == [("mnist", "GD"), ("mnist", "SAM rho=0.1"), ("shakespeare", "SAM rho=0.1")]
+    assert list(zip(t[BAND_LOW], t[BAND_HIGH])) == [BANDS["full batch"]] * 2 + [BANDS["minibatch"]]
+    assert t[BAND_LOW].dtype.kind == t[BAND_HIGH].dtype.kind == "f"
+    assert list(t[SEEDS_IN_BAND]) == ["2 of 2", "2 of 3", "2 of 2"]
+    assert list(t[IN_BAND]) == [True, True, True]
+    assert t[MEDIAN_RATIO].tolist() == pytest.approx([1.05, (1.05 + 1.2 + 0.9) / 3, 1.2])

@@ -1,6 +1,6 @@
 """samedge: sharpness-aware minimization and the edge of stability, measured exactly."""
 
-from .edge import gd_edge, momentum_edge, sam_edge, unnormalized_sam_edge
+from .edge import aligned_sam_edge, gd_edge, momentum_edge, sam_edge, unnormalized_sam_edge
 from .hessian import (
     DEFAULT_TOL,
     EigenResult,
@@ -15,6 +15,7 @@ from .hessian import (
 from .monitor import EdgeMonitor
 from .monitor_record import MonitorRecord
 from .sam import SAM, SAMStep, ascent_point, sam_step
+from .sam_map import sam_map_sharpness
 from .vectors import alignment, flatten, unflatten
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "sam_edge",
     "unnormalized_sam_edge",
     "DEFAULT_TOL",
+    "aligned_sam_edge",
     "EigenResult",
     "FiniteDifferenceHessianOperator",
     "HessianOperator",
@@ -39,6 +41,7 @@ __all__ = [
     "SAMStep",
     "ascent_point",
     "sam_step",
+    "sam_map_sharpness",
     "alignment",
     "flatten",
     "unflatten",

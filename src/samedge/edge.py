@@ -32,6 +32,7 @@ __all__ = [
     "adam_edge",
     "adamw_edge",
     "rmsprop_edge",
+    "aligned_sam_edge",
 ]
 
 # The update rules whose edges this module knows: the names runs, monitors and records use.
@@ -85,6 +86,22 @@ def sam_edge(eta: Number, rho: Number, grad_norm: Number) -> Number:
     _check("rho", rho, nonnegative=True)
     _check("grad_norm", grad_norm, nonnegative=True)
     return _root(eta, rho, grad_norm)
+
+
+def aligned_sam_edge(eta: Number, rho: Number, grad_norm: Number, cos2: Number) -> Number:
+    """The SAM-edge with the alignment cos2 = cos^2(g, u) of the gradient with the top eigenvector.
+
+    The positive root of eta lam (1 + rho (1 - cos2) lam / ||g||) = 2: the ascent g/||g|| changes
+    along u by (1 - cos2) rho lam / ||g|| per unit step, not rho lam / ||g|| (``sam_edge`` is
+    cos2 = 0; cos2 = 1 gives 2/eta). See ``samedge.sam_map`` for the exact Jacobian."""
+    _check("eta", eta, positive=True)
+    _check("rho", rho, nonnegative=True)
+    _check("grad_norm", grad_norm, nonnegative=True)
+    _check("cos2", cos2, nonnegative=True)
+    c = cos2.detach().cpu().numpy() if isinstance(cos2, torch.Tensor) else np.asarray(cos2, dtype=float)
+    if not np.all(c <= 1):
+        raise ValueError(f"cos2 must be in [0, 1], got {cos2!r}")
+    return _root(eta, rho * (1 - cos2), grad_norm)
 
 
 def unnormalized_sam_edge(eta: Number, rho: Number) -> Number:
