@@ -13,7 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from samedge.edge import RULES, edge, gd_edge, momentum_edge, sam_edge, unnormalized_sam_edge
+from samedge.edge import (
+    RULES,
+    adam_edge,
+    adamw_edge,
+    edge,
+    gd_edge,
+    momentum_edge,
+    rmsprop_edge,
+    sam_edge,
+    sam_sgd_edge,
+    sgd_edge,
+    unnormalized_sam_edge,
+)
 from samedge.sam import sam_step
 
 F64 = torch.float64
