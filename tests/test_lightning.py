@@ -94,7 +94,7 @@ def test_trainer_fit_logs_edge_rows(tmp_path, sam):
         assert rows["monitor/edge"].tolist() == pytest.approx([2 / 0.2] * 6)
     assert len(cb.rows) == 6 and cb.rows[-1]["step"] == 30
     # The weights trained: the loss measured at step 30 is below the one at step 5.
-    assert cb.rows[-1]["loss"] < cb.rows[0]["loss"]
+    assert cb.rows[-1]["train_loss"] < cb.rows[0]["train_loss"]
 
 
 def test_import_samedge_does_not_import_lightning():
