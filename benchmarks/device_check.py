@@ -167,8 +167,8 @@ def flagged_ops(device: str, fn: Callable[[], Any]) -> List[str]:
 
 def reproducible(cfg, steps: int, data_dir) -> str:
     """Two identical short runs of ``samedge.loop.run``: 'identical' or how far apart."""
-    from samedge.loop import run
     from samedge.columns import TIMING_COLUMNS
+    from samedge.loop import run
 
     short = dataclasses.replace(cfg, steps=steps, measure_every=max(1, steps // 2), checkpoint_every=None)
     a, b = (run(short, run_dir=None, data_dir=data_dir, progress=False) for _ in range(2))
