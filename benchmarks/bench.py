@@ -1,12 +1,14 @@
 """Benchmarks of the measurement and the training step on the MNIST MLP (issue: performance).
 
-    SAMEDGE_DATA_DIR=... python benchmarks/bench.py [--quick] [--out benchmarks/RESULTS.md]
+    SAMEDGE_DATA_DIR=... python benchmarks/bench.py [--quick] [--kernels onednn] [--out benchmarks/RESULTS.md]
 
 Prints one markdown report: (1) gradient vs exact-HVP time per HVP method; (2) cost and
 accuracy of sharpness estimators against a tight Lanczos reference, at weights reached by a few
 hundred SAM steps of the cpu preset; (3) SAM step / GD step; (4) measurement overhead of a
 cpu-preset run; (5) scaling with model and dataset size. Timings are medians after warm-up
-(torch.utils.benchmark); no pass/fail: ratios are printed next to their targets.
+(torch.utils.benchmark); no pass/fail: ratios are printed next to their targets. ``--kernels``
+(``samedge.kernels``; default: the cpu preset's) runs every step and HVP on PyTorch's default
+kernels or oneDNN's; section 1 also times the exact HVP on both.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from samedge.hessian import (
     ritz,
     warm_log_bound,
 )
+from samedge.kernels import KERNELS
 from samedge.loop import run
 from samedge.losses import module_loss, parameters_of, squared_loss
 from samedge.models import MLP
-from samedge.onednn import pays as onednn_pays
 from samedge.presets import load_preset
 from samedge.sam import _loss_and_grad
 
@@ -81,22 +83,30 @@ def problem(n_train: int, width: int, depth: int, seed: int = 0):
     return model, parameters_of(model), module_loss(model, squared_loss, train.inputs, train.targets)
 
 
-def hvp_costs(loss_fn, params, min_run_time: float) -> dict:
+def other_kernels(kernels: str) -> str:
+    """The kernels choice that ``kernels`` is compared with."""
+    return next(k for k in KERNELS if k != kernels)
+
+
+def hvp_costs(loss_fn, params, min_run_time: float, kernels: str) -> dict:
     """Seconds for a gradient and for one HVP by each method (double backward with the graph
-    retained across HVPs, as Lanczos uses it, and with the graph built per call), interleaved."""
-    # The gradient as the SAM step computes it (oneDNN linear layers where they pay), the unit.
-    keys, values, fast = list(params), list(params.values()), onednn_pays(params)
+    retained across HVPs, as Lanczos uses it, and with the graph built per call), interleaved;
+    all on ``kernels``, and the retained-graph HVP also on the other kernels choice."""
+    # The gradient as the SAM step computes it, on the same kernels: the unit.
+    keys, values = list(params), list(params.values())
     n = sum(p.numel() for p in params.values())
     v = torch.randn(n)
-    op = HessianOperator(loss_fn, params, "double_backward")
-    mkl = HessianOperator(loss_fn, params, "double_backward", onednn=False)
+    op = HessianOperator(loss_fn, params, "double_backward", kernels=kernels)
+    other = HessianOperator(loss_fn, params, "double_backward", kernels=other_kernels(kernels))
     fo = HessianOperator(loss_fn, params, "forward_over_reverse")
     out = paired_times(
         {
-            "gradient": lambda: _loss_and_grad(loss_fn, keys, values, fast),
+            "gradient": lambda: _loss_and_grad(loss_fn, keys, values, kernels),
             "double_backward (retained graph)": lambda: op(v),
-            "double_backward (graph per call)": lambda: HessianOperator(loss_fn, params, "double_backward")(v),
-            "double_backward (retained graph, MKL kernels)": lambda: mkl(v),
+            "double_backward (graph per call)": lambda: HessianOperator(
+                loss_fn, params, "double_backward", kernels=kernels
+            )(v),
+            f"double_backward (retained graph, {other_kernels(kernels)} kernels)": lambda: other(v),
             "forward_over_reverse": lambda: fo(v),
         },
         4 * min_run_time,
@@ -124,7 +134,7 @@ def first_below(history, ref, tol=1e-3):
 
 
 def estimator_study(
-    cfg_opts: dict, eta: float, rho: float, steps: int, starts: int, costs: dict, max_iter: int
+    cfg_opts: dict, eta: float, rho: float, steps: int, starts: int, costs: dict, max_iter: int, kernels: str
 ) -> list:
     """Accuracy/cost of sharpness estimators at w_steps, warm start from w_{steps-10}."""
     torch.manual_seed(0)
@@ -135,9 +145,9 @@ def estimator_study(
     for t in range(steps):
         if t == steps - 10:
             snap = {k: v.clone() for k, v in params.items()}
-        params = samedge.sam_step(loss_of, params, eta, rho).params
+        params = samedge.sam_step(loss_of, params, eta, rho, kernels=kernels).params
     n = sum(p.numel() for p in params.values())
-    ref_op = HessianOperator(loss_of, params)
+    ref_op = HessianOperator(loss_of, params, kernels=kernels)
     ref = lanczos(ref_op, n, which="LM", tol=1e-9, max_iter=300, dtype=torch.float32)
     lam = abs(float(ref.eigenvalues[0]))
     hvp_ge = costs[("double_backward (retained graph)", "ratio")]  # gradient-equivalents per HVP
@@ -154,7 +164,13 @@ def estimator_study(
     }
     for s in range(starts):
         earlier = lanczos(
-            HessianOperator(loss_of, snap), n, which="LM", tol=1e-3, max_iter=100, dtype=torch.float32, seed=100 + s
+            HessianOperator(loss_of, snap, kernels=kernels),
+            n,
+            which="LM",
+            tol=1e-3,
+            max_iter=100,
+            dtype=torch.float32,
+            seed=100 + s,
         )
         for name in rows:
             if name == "authors: power iteration (finite differences)":
@@ -174,7 +190,7 @@ def estimator_study(
                     seed=s,
                 )
             else:
-                op = HessianOperator(loss_of, params)
+                op = HessianOperator(loss_of, params, kernels=kernels)
                 # In the training loop the graph build also yields the step's gradient g_t.
                 per, fixed, loop_fixed = hvp_ge, build_ge, max(build_ge - 1.0, 0.0)
                 v0 = earlier.eigenvectors[0] if name.startswith("warm") else None
@@ -187,7 +203,12 @@ def estimator_study(
                     )
                     t_long = time.perf_counter() - t0
                     own = power_iteration(
-                        HessianOperator(loss_of, params), n, tol=1e-3, max_iter=100, dtype=torch.float32, seed=s
+                        HessianOperator(loss_of, params, kernels=kernels),
+                        n,
+                        tol=1e-3,
+                        max_iter=100,
+                        dtype=torch.float32,
+                        seed=s,
                     )
                 else:
                     long = lanczos(
@@ -203,11 +224,13 @@ def estimator_study(
                     )
                     t_long = time.perf_counter() - t0
                     if guarded:  # the library's measurement: guarded start, stopped by residual and bound
-                        sh = samedge.sharpness(HessianOperator(loss_of, params), v0=v0, tol=1e-3, max_iter=100, seed=s)
+                        sh = samedge.sharpness(
+                            HessianOperator(loss_of, params, kernels=kernels), v0=v0, tol=1e-3, max_iter=100, seed=s
+                        )
                         own = argparse.Namespace(num_hvps=sh.num_hvps, eigenvalues=torch.tensor([sh.op_norm]))
                     else:
                         own = lanczos(
-                            HessianOperator(loss_of, params),
+                            HessianOperator(loss_of, params, kernels=kernels),
                             n,
                             which="LM",
                             tol=1e-3,
@@ -271,7 +294,7 @@ def estimator_study(
     return out, lam
 
 
-def overhead_run(cpu: dict, rho: float, steps: int, every: int) -> dict:
+def overhead_run(cpu: dict, rho: float, steps: int, every: int, kernels: str) -> dict:
     """One cpu-preset-sized MNIST run: the loop's training and measuring seconds, HVPs per measurement."""
     cfg = RunConfig(
         task="mnist",
@@ -281,6 +304,7 @@ def overhead_run(cpu: dict, rho: float, steps: int, every: int) -> dict:
         measure_every=every,
         seed=0,
         options=dict(n_train=cpu["n_train"], n_test=1, width=cpu["width"], depth=cpu["depth"]),
+        kernels=kernels,
     )
     rec = run(cfg, progress=False)
     return dict(
@@ -353,7 +377,7 @@ def replay(tri, rule) -> tuple:
     return m, abs(float(th[0]))
 
 
-def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
+def trajectory_study(cpu: dict, steps: int, every: int, costs: dict, kernels: str) -> tuple:
     """Per measurement of a GD and a SAM run: the stopping rule's HVPs and error, and the HVPs a
     perfect rule would need (first within 1e-3 of a tight reference), with eigenvector overlap and
     gap; and stopping rules replayed on the same warm-started Krylov sequences."""
@@ -367,7 +391,7 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
         replayed = {k: ([], []) for k in [*STOPPING_RULES, *GUARDED_RULES]}
         for t in range(steps + 1):
             if t % every == 0:
-                op = HessianOperator(loss_fn, params)
+                op = HessianOperator(loss_fn, params, kernels=kernels)
                 ref = lanczos(op, op.size, k=2, which="LA", tol=1e-6, max_iter=300, dtype=torch.float32, seed=t)
                 lam = float(ref.eigenvalues[0])
                 if v_run is not None:
@@ -397,7 +421,7 @@ def trajectory_study(cpu: dict, steps: int, every: int, costs: dict) -> tuple:
                 v_run, u_ref = sh.eigenvector, ref.eigenvectors[0]
             if t < steps:
                 t0 = time.perf_counter()
-                params = samedge.sam_step(loss_fn, params, cpu["eta"], rho).params
+                params = samedge.sam_step(loss_fn, params, cpu["eta"], rho, kernels=kernels).params
                 tr_s += time.perf_counter() - t0
         step_s = tr_s / steps
         extra = costs["graph build (once per measurement)"] - costs["gradient"]  # the SAM step reuses its gradient
@@ -441,7 +465,14 @@ def main() -> None:
         "--quick", action="store_true", help="shorter timings and fewer starts (a smoke check, not a result)"
     )
     ap.add_argument("--out", type=Path, help="also write the report to this markdown file")
+    ap.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default=load_preset("mnist", "cpu").get("kernels", "default"),
+        help="linear-layer kernels of every step and HVP (samedge.kernels; default: the mnist cpu preset's)",
+    )
     args = ap.parse_args()
+    kernels = args.kernels
     mrt = 0.3 if args.quick else 1.5
     starts = 2 if args.quick else 3
     cpu = load_preset("mnist", "cpu")
@@ -453,7 +484,8 @@ def main() -> None:
     say()
     say(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), device cpu, samedge {samedge.__version__}, python {platform.python_version()}."
+        f"({torch.get_num_threads()} threads), device cpu, kernels {kernels}, samedge {samedge.__version__}, "
+        f"python {platform.python_version()}."
     )
     say(f"Command: `{' '.join(['python'] + sys.argv)}` ({time.strftime('%Y-%m-%d')}).")
     say()
@@ -466,13 +498,13 @@ def main() -> None:
     costs_cpu = None
     for label, n_train, width, depth in sizes:
         _, params, loss_fn = problem(n_train, width, depth)
-        c = hvp_costs(loss_fn, params, mrt)
+        c = hvp_costs(loss_fn, params, mrt, kernels)
         costs_cpu = costs_cpu or c
         npar = sum(p.numel() for p in params.values())
         for m in [
             "double_backward (retained graph)",
             "double_backward (graph per call)",
-            "double_backward (retained graph, MKL kernels)",
+            f"double_backward (retained graph, {other_kernels(kernels)} kernels)",
             "forward_over_reverse",
         ]:
             say(
@@ -497,6 +529,7 @@ def main() -> None:
         starts,
         costs_cpu,
         100 if args.quick else 500,
+        kernels,
     )
     say(
         f"At w_{steps} of SAM (rho=0.05, cpu preset sizes); reference ||H||_op = {lam:.6g} (Lanczos, residual 1e-9). "
@@ -553,8 +586,8 @@ def main() -> None:
     _, params, loss_fn = problem(cpu["n_train"], cpu["width"], cpu["depth"])
     t = paired_times(
         {
-            "gd": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.0),
-            "sam": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.05),
+            "gd": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.0, kernels=kernels),
+            "sam": lambda: samedge.sam_step(loss_fn, params, cpu["eta"], 0.05, kernels=kernels),
         },
         2 * mrt,
     )
@@ -572,7 +605,16 @@ def main() -> None:
         say(
             report(
                 compare(
-                    params, loss_fn, train.inputs, train.targets, cpu["eta"], 0.05, paired_times, 4 * mrt, rounds=11
+                    params,
+                    loss_fn,
+                    train.inputs,
+                    train.targets,
+                    cpu["eta"],
+                    0.05,
+                    paired_times,
+                    4 * mrt,
+                    rounds=11,
+                    kernels=kernels,
                 )
             )
         )
@@ -598,7 +640,7 @@ def main() -> None:
     at_cadence = {}
     for rho in (0.0, 0.05):
         for every in cadences if rho else [cadence]:
-            r = overhead_run(cpu, rho, run_steps, every)
+            r = overhead_run(cpu, rho, run_steps, every, kernels)
             loop_s = r["train"] + r["measure"]
             credited = (r["measure"] - r["n"] * t_grad) / loop_s
             name = "GD" if rho == 0 else f"SAM rho={rho:g}"
@@ -618,7 +660,7 @@ def main() -> None:
 
     say("## 4b. Why: how many HVPs a measurement needs along the run")
     say()
-    traj, replays = trajectory_study(cpu, 100 if args.quick else run_steps, cadence, costs_cpu)
+    traj, replays = trajectory_study(cpu, 100 if args.quick else run_steps, cadence, costs_cpu, kernels)
     say(
         f"Along the same runs ({'100' if args.quick else run_steps} steps, every {cadence}), at each measurement after "
         "the first: the HVPs samedge.sharpness uses (guarded warm start, residual and bound), and the HVPs after which "
@@ -694,8 +736,12 @@ def main() -> None:
     grid = [(w, cpu["n_train"]) for w in (128, 256, 512)] + [(cpu["width"], n) for n in (500, 2000)]
     for width, n_train in grid:
         _, params, loss_fn = problem(n_train, width, cpu["depth"])
-        t_step = median_time(lambda f=loss_fn, p=params: samedge.sam_step(f, p, cpu["eta"], 0.05), mrt / 2)
-        t_meas = median_time(lambda f=loss_fn, p=params: samedge.sharpness(HessianOperator(f, p), tol=1e-3), mrt)
+        t_step = median_time(
+            lambda f=loss_fn, p=params: samedge.sam_step(f, p, cpu["eta"], 0.05, kernels=kernels), mrt / 2
+        )
+        t_meas = median_time(
+            lambda f=loss_fn, p=params: samedge.sharpness(HessianOperator(f, p, kernels=kernels), tol=1e-3), mrt
+        )
         npar = sum(p.numel() for p in params.values())
         say(f"| {width}x{cpu['depth']} | {n_train} | {npar:,} | {t_step * 1e3:.1f} | {t_meas * 1e3:.0f} |")
     say()

@@ -1,7 +1,7 @@
 """The authors' SAM update, jit-compiled in JAX, timed against ``samedge.sam_step`` (optional).
 
     pip install --target /path/to/jax-site --no-deps jax jaxlib ml_dtypes opt_einsum
-    SAMEDGE_DATA_DIR=... PYTHONPATH=src:/path/to/jax-site OMP_NUM_THREADS=1 python benchmarks/jax_step.py [--quick]
+    SAMEDGE_DATA_DIR=... PYTHONPATH=src:/path/to/jax-site OMP_NUM_THREADS=1 python benchmarks/jax_step.py [--quick] [--kernels onednn]
 
 (or ``python benchmarks/bench.py``, whose section 3 runs it). jax is not in requirements.txt;
 ``--no-deps`` keeps the venv's own numpy and scipy in charge (jax needs both). Without jax,
@@ -152,33 +152,39 @@ def compare(
     paired_times: Callable[..., dict],
     min_run_time: float,
     rounds: int = 7,
+    kernels: str = "default",
 ) -> dict:
-    """Our SAM step against the authors' jit-compiled JAX step on the same arrays, timed in
-    interleaved rounds by ``paired_times``; ratio = ours / JAX (median over rounds)."""
+    """Our SAM step on ``kernels`` (``samedge.kernels``) against the authors' jit-compiled JAX step
+    on the same arrays, timed in interleaved rounds by ``paired_times``; ratio = ours / JAX (median
+    over rounds). Our step on the other kernels choice is timed in the same rounds (where oneDNN
+    is available)."""
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
-        return _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds)
+        return _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds, kernels)
     finally:  # the caller's cores back (this thread's; the threads jax started keep theirs)
         if cores is not None and os.sched_getaffinity(0) != cores:
             os.sched_setaffinity(0, cores)
 
 
-def _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds) -> dict:
+def _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_time, rounds, kernels) -> dict:
     """``compare`` on whatever cores the process has (the caller restores them)."""
     import samedge
     from samedge import onednn
+    from samedge.kernels import KERNELS, check_kernels
 
+    check_kernels(kernels)
+    other = next(k for k in KERNELS if k != kernels)
     threads = _match_threads()
     step, compile_s, updated = authors_step(params, inputs, targets, eta, rho)
-    ours = samedge.sam_step(loss_fn, params, eta, rho).params
+    ours = samedge.sam_step(loss_fn, params, eta, rho, kernels=kernels).params
     theirs = updated()
     # The same update (w_new - w) up to their 1e-5 in the normalisation and float32 round-off.
     d_ours = {k: ours[k] - params[k] for k in ours}
     diff = max(float((d_ours[k] - (theirs[k] - params[k])).abs().max() / d_ours[k].abs().max()) for k in ours)
-    fns = {"ours": lambda: samedge.sam_step(loss_fn, params, eta, rho), "jax": step}
-    fast = onednn.pays(params)
-    if fast:  # what the oneDNN linear layers buy, in the same rounds
-        fns["ours, default kernels"] = lambda: samedge.sam_step(loss_fn, params, eta, rho, onednn=False)
+    fns = {"ours": lambda: samedge.sam_step(loss_fn, params, eta, rho, kernels=kernels), "jax": step}
+    both = onednn.available()
+    if both:  # the other kernels choice, in the same rounds
+        fns["ours, other kernels"] = lambda: samedge.sam_step(loss_fn, params, eta, rho, kernels=other)
     t = paired_times(fns, min_run_time, rounds=rounds)
     c = cpu_times({k: fns[k] for k in ("ours", "jax")}, rounds, max(3, int(min_run_time / rounds / t["jax"])))
     import jax
@@ -194,23 +200,25 @@ def _compare(params, loss_fn, inputs, targets, eta, rho, paired_times, min_run_t
         max_rel_diff=diff,
         threads=threads,
         jax_version=jax.__version__,
-        onednn=fast,
+        kernels=kernels,
         torch_threads=torch.get_num_threads(),
     )
-    if fast:
-        out["default_kernels"] = t["ours, default kernels"]
-        out["default_kernels_ratio"] = t[("ours, default kernels", "ratio")]
+    if both:
+        out["other_kernels"] = other
+        out["other_kernels_time"] = t["ours, other kernels"]
+        out["other_kernels_ratio"] = t[("ours, other kernels", "ratio")]
     return out
 
 
 def report(res: dict) -> str:
     """One markdown paragraph of ``compare``'s result."""
-    kernels = (
-        f"linear layers through oneDNN (samedge.onednn; the default MKL kernels: {res['default_kernels'] * 1e3:.1f} ms, "
-        f"{res['default_kernels_ratio']:.2f}x ours)"
-        if res["onednn"]
-        else "default kernels"
-    )
+    names = {"default": "PyTorch's default kernels", "onednn": "linear layers through oneDNN"}
+    kernels = f"kernels={res['kernels']!r}: {names[res['kernels']]}"
+    if "other_kernels" in res:
+        kernels += (
+            f"; kernels={res['other_kernels']!r}: {res['other_kernels_time'] * 1e3:.1f} ms, "
+            f"{res['other_kernels_ratio']:.2f}x ours"
+        )
     return (
         f"Against the authors' update (JAX {res['jax_version']}, jit; torch {res['torch_threads']} thread(s), "
         f"{res['threads']}): ours {res['ours'] * 1e3:.1f} ms ({kernels}, no torch.compile), JAX {res['jax'] * 1e3:.1f} ms "
@@ -230,7 +238,20 @@ def main() -> None:
     from samedge.data import load_mnist
     from samedge.presets import load_preset
 
-    quick = "--quick" in sys.argv[1:]
+    import argparse
+
+    from samedge.kernels import KERNELS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="shorter timings (a smoke check, not a result)")
+    ap.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default=load_preset("mnist", "cpu").get("kernels", "default"),
+        help="our step's linear-layer kernels (samedge.kernels; default: the mnist cpu preset's)",
+    )
+    args = ap.parse_args()
+    quick = args.quick
     msg = jax_missing()
     if msg:
         print(msg)
@@ -238,7 +259,17 @@ def main() -> None:
     cpu = load_preset("mnist", "cpu")
     _, params, loss_fn = problem(cpu["n_train"], cpu["width"], cpu["depth"])
     train, _ = load_mnist(cpu["n_train"], 1)
-    res = compare(params, loss_fn, train.inputs, train.targets, cpu["eta"], 0.05, paired_times, 1.0 if quick else 6.0)
+    res = compare(
+        params,
+        loss_fn,
+        train.inputs,
+        train.targets,
+        cpu["eta"],
+        0.05,
+        paired_times,
+        1.0 if quick else 6.0,
+        kernels=args.kernels,
+    )
     print(report(res))
 
 

@@ -166,7 +166,7 @@ def _ensure_mnist(root: Path, download_ok: bool) -> None:
 
 
 def load_mnist(
-    n_train: int = 60000,
+    n_train: int = MNIST_TRAIN_SIZE,
     n_test: int = 10000,
     data_dir: Optional[str | os.PathLike] = None,
     download: bool = True,
@@ -199,6 +199,7 @@ CIFAR_DIR = "cifar-10-batches-bin"
 CIFAR_RECORD = 3073  # 1 label byte, then 1024 R, 1024 G, 1024 B bytes (row-major 32x32)
 CIFAR_PER_BATCH, CIFAR_TEST_SIZE = 10000, 10000
 CIFAR_TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
+CIFAR_TRAIN_SIZE = CIFAR_PER_BATCH * len(CIFAR_TRAIN_FILES)
 CIFAR_TEST_FILE, CIFAR_META_FILE = "test_batch.bin", "batches.meta.txt"
 # SHA-256 of the official files (as extracted from the archive above). test_batch.bin may also
 # be the offline mirror's partial copy (its first 1000 images), accepted by its own sum or,
@@ -273,7 +274,7 @@ def _read_cifar(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10(
-    n_train: int = 50000,
+    n_train: int = CIFAR_TRAIN_SIZE,
     n_test: int = 10000,
     data_dir: Optional[str | os.PathLike] = None,
     download: bool = True,
@@ -285,7 +286,7 @@ def load_cifar10(
     The files are read from ``<data dir>/cifar-10-batches-bin/``; missing ones are downloaded
     there (the official archive, md5-checked) unless ``download=False``. Asking for more images
     than the files present hold is a DataError, never a silent shortfall."""
-    top_train = CIFAR_PER_BATCH * len(CIFAR_TRAIN_FILES)
+    top_train = CIFAR_TRAIN_SIZE
     for name, n, top in (("n_train", n_train, top_train), ("n_test", n_test, CIFAR_TEST_SIZE)):
         if not (isinstance(n, (int, np.integer)) and 1 <= n <= top) and not (name == "n_test" and n == 0):
             raise ValueError(f"{name} must be an integer in [1, {top}], got {n!r}")

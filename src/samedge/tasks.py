@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
+from .data import CIFAR_TEST_SIZE, CIFAR_TRAIN_SIZE, MNIST_TEST_SIZE, MNIST_TRAIN_SIZE
 from .losses import masked_cross_entropy, squared_loss
 from .models import CNN, MLP, Transformer
 
@@ -46,6 +47,15 @@ def _check_options(name: str, options: dict, defaults: dict) -> None:
     for k, v in options.items():
         if isinstance(defaults[k], int) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{k} must be a positive integer, got {v!r}")
+
+
+def _check_split(name: str, options: dict, train: int, test: int) -> None:
+    """The sizes a dataset can supply (``samedge.data``'s counts)."""
+    if options.get("n_train", 1) > train or options.get("n_test", 1) > test:
+        raise ValueError(
+            f"{name} has {train} training and {test} test examples; "
+            f"got n_train={options.get('n_train')}, n_test={options.get('n_test')}"
+        )
 
 
 class Task:
@@ -130,15 +140,12 @@ class MNISTTask(Task):
     """MNIST, first n_train examples, MLP with ``depth`` hidden ReLU layers of ``width``, squared loss."""
 
     name = "mnist"
-    defaults = {"n_train": 60000, "n_test": 10000, "width": 1000, "depth": 3}
+    defaults = {"n_train": MNIST_TRAIN_SIZE, "n_test": MNIST_TEST_SIZE, "width": 1000, "depth": 3}
 
     def validate(self, options: dict) -> None:
         """Also check the sizes MNIST can supply."""
         super().validate(options)
-        if options.get("n_train", 1) > 60000 or options.get("n_test", 1) > 10000:
-            raise ValueError(
-                f"MNIST has 60000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}"
-            )
+        _check_split("MNIST", options, MNIST_TRAIN_SIZE, MNIST_TEST_SIZE)
 
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load MNIST (see ``samedge.data.load_mnist``) and make the MLP."""
@@ -159,10 +166,7 @@ class CIFAR10Task(Task):
     def validate(self, options: dict) -> None:
         """Also check the sizes CIFAR-10 can supply and that the image survives the pooling."""
         super().validate(options)
-        if options.get("n_train", 1) > 50000 or options.get("n_test", 1) > 10000:
-            raise ValueError(
-                f"CIFAR-10 has 50000 training and 10000 test examples; got n_train={options.get('n_train')}, n_test={options.get('n_test')}"
-            )
+        _check_split("CIFAR-10", options, CIFAR_TRAIN_SIZE, CIFAR_TEST_SIZE)
         if options.get("num_blocks", 1) > 5:
             raise ValueError(
                 f"num_blocks must be <= 5 (each block halves the 32x32 image), got {options['num_blocks']}"
