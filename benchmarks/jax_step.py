@@ -233,14 +233,13 @@ def report(res: dict) -> str:
 def main() -> None:
     """Run only this comparison on the cpu preset's MNIST MLP and print it."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import argparse
+
     from bench import paired_times, problem
 
     from samedge.data import load_mnist
-    from samedge.presets import load_preset
-
-    import argparse
-
     from samedge.kernels import KERNELS
+    from samedge.presets import load_preset
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter timings (a smoke check, not a result)")
