@@ -24,6 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from .columns import (
     CONVERGED,
@@ -153,6 +155,7 @@ class EdgeMonitor:
         self._start = time.perf_counter()
         self._check_data(data)
         self._spec()
+        self._warn_mode()
 
     def _warn(self, spec: EdgeSpec) -> None:
         if spec.rule is None and spec.reason not in self._warned:
@@ -162,6 +165,35 @@ class EdgeMonitor:
                 "edge and ratio are recorded as None",
                 stacklevel=3,
             )
+
+    def _warn_mode(self) -> None:
+        """A warning, at construction, when the measurement depends on the mode: BatchNorm with
+        running statistics, or dropout with p > 0. It names the mode measured in and the other."""
+        kinds = sorted(
+            {
+                type(m).__name__
+                for m in self.model.modules()
+                if (isinstance(m, _BatchNorm) and m.track_running_stats) or (isinstance(m, _DropoutNd) and m.p > 0)
+            }
+        )
+        if not kinds:
+            return
+        if self.train_mode:
+            mode = (
+                "TRAIN mode (batch statistics differentiated through, fresh dropout masks: the loss training descends)"
+            )
+            other = "train_mode=False measures the eval-mode loss (running statistics, no dropout)"
+        else:
+            mode = "EVAL mode (running statistics, no dropout)"
+            other = (
+                "train_mode=True measures the train-mode loss (batch statistics, dropout: the loss training descends)"
+            )
+        warnings.warn(
+            f"EdgeMonitor: the model has {', '.join(kinds)}, so ||H|| depends on the mode; it is measured in "
+            f"{mode}; {other}. See benchmarks/BN_MODE.md for which one sits at the edge.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def step(self) -> Optional[Dict[str, Any]]:
         """Count one optimizer step; measure and return the row every ``every`` steps, else None."""
