@@ -137,21 +137,26 @@ def test_leaves_parameters_grads_modes_and_buffers_as_found():
         assert [m.training for m in model.modules()] == flags
 
 
-def test_batchnorm_measured_in_eval_mode_by_default():
-    """With BatchNorm the default measures the eval-mode loss (running statistics): its dense Hessian."""
+def test_batchnorm_measured_in_train_mode_by_default():
+    """With BatchNorm the default measures the train-mode loss (batch statistics, the loss GD
+    descends; benchmarks/BN_MODE.md): its dense Hessian, not the eval-mode one; train_mode=False
+    gives the eval-mode one."""
     model, (x, y) = tiny(bn=True), data()
     with torch.no_grad():
         model[2].running_mean.uniform_(-0.5, 0.5)
         model[2].running_var.uniform_(0.5, 2.0)
-    model.train()
-    row = EdgeMonitor(
-        model, nn.MSELoss(), (x, y), torch.optim.SGD(model.parameters(), lr=0.1), tol=1e-10, max_iter=200
-    ).measure()
-    ref = copy.deepcopy(model).eval()
-    _, _, H = dense(ref, nn.MSELoss(), x, y)
-    assert row["op_norm"] == pytest.approx(float(torch.linalg.eigvalsh(H).abs().max()), rel=1e-8)
-    _, _, Htrain = dense(copy.deepcopy(model).train(), nn.MSELoss(), x, y)  # and it is not the train-mode one
-    assert abs(float(torch.linalg.eigvalsh(Htrain).abs().max()) - row["op_norm"]) > 1e-3 * row["op_norm"]
+    model.eval()  # the model's own mode does not decide
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="measured in train mode"):
+        row = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, tol=1e-10, max_iter=200).measure()
+    with pytest.warns(UserWarning, match="measured in eval mode"):
+        row_eval = EdgeMonitor(model, nn.MSELoss(), (x, y), opt, tol=1e-10, max_iter=200, train_mode=False).measure()
+    _, _, Htrain = dense(copy.deepcopy(model).train(), nn.MSELoss(), x, y)
+    _, _, Heval = dense(copy.deepcopy(model).eval(), nn.MSELoss(), x, y)
+    train, evals = (float(torch.linalg.eigvalsh(H).abs().max()) for H in (Htrain, Heval))
+    assert row["op_norm"] == pytest.approx(train, rel=1e-8)
+    assert row_eval["op_norm"] == pytest.approx(evals, rel=1e-8)
+    assert abs(train - evals) > 1e-3 * train  # the two modes differ here
 
 
 def _sgd(model, **kw):

@@ -5,17 +5,33 @@ Every ``every`` training batches the callback runs a ``samedge.EdgeMonitor`` at 
 weights and logs its row (``op_norm``, ``edge``, ``ratio``, ...) through the trainer's loggers,
 prefixed by ``prefix``. It counts training batches itself, so it works with automatic
 optimization (``torch.optim.SGD`` from ``configure_optimizers``) and with manual optimization
-using ``samedge.SAM`` the davda54 way, where ``first_step``/``second_step`` bypass Lightning's
-step counter::
+using ``samedge.SAM``.
+
+SAM under manual optimization: take the SAM step through the ``LightningOptimizer`` that
+``self.optimizers()`` returns, with SAM's closure form (``opt.step(closure)``: ascent to w~,
+the closure's forward-backward there, back to w and the base step)::
 
     def training_step(self, batch, batch_idx):
         opt = self.optimizers()
-        self.manual_backward(self.loss(batch))
-        opt.first_step(zero_grad=True)
-        self.manual_backward(self.loss(batch))
-        opt.second_step(zero_grad=True)
 
-    trainer = pl.Trainer(callbacks=[EdgeMonitorCallback(nn.MSELoss(), (x, y), every=10)])
+        def closure():  # the loss and its gradient at w~, on the same batch
+            loss = self.loss(batch)
+            self.manual_backward(loss)
+            return loss
+
+        opt.zero_grad()
+        loss = self.loss(batch)
+        self.manual_backward(loss)  # the gradient at w
+        opt.step(closure)  # one SAM step; Lightning counts it in global_step
+        return loss
+
+    trainer = pl.Trainer(max_steps=50, callbacks=[EdgeMonitorCallback(nn.MSELoss(), (x, y), every=10)])
+
+Do not call ``opt.first_step()`` / ``opt.second_step()`` (the davda54 two-step form) here: they
+reach ``samedge.SAM`` through ``LightningOptimizer.__getattr__``, around ``LightningOptimizer.step``,
+which is what advances ``trainer.global_step`` under manual optimization. The weights train, but
+``global_step`` stays 0, so ``Trainer(max_steps=...)`` never stops (only ``max_epochs`` does) and
+step-based schedules, logging and checkpointing all see step 0.
 """
 
 from __future__ import annotations

@@ -5,12 +5,16 @@ from the optimizer's update rule (``samedge.rules.edge_spec``: GD, heavy-ball mo
 plain SGD; anything else gets a warning and ``edge = ratio = None``, never a guess). The learning
 rate is read from the param groups at each measurement, so schedules are followed.
 
-BatchNorm and dropout: by default the monitor measures the model in ``eval()`` mode (running
-statistics, no dropout: the loss is a deterministic per-example average whose Hessian is
-well defined); ``train_mode=True`` measures the train-mode loss instead (batch statistics
-differentiated through), and the running-statistics buffers the HVPs would update are put back.
-Either way the modules' train/eval flags, the parameters, every ``.grad`` and the global
-random-number state are left as found.
+BatchNorm and dropout: by default the monitor measures the model in ``train()`` mode, the loss
+full-batch training descends (batch statistics differentiated through, dropout active; the
+running-statistics buffers the HVPs would update are put back). That is the Hessian whose
+||H|| sits at 2/eta: on a small BatchNorm CNN trained by full-batch GD (``benchmarks/bn_mode.py``,
+``benchmarks/BN_MODE.md``) the train-mode ratio ||H||/(2/eta) sits at 1.0-1.1 while the eval-mode
+one is 4-6x the edge on the same stable run. ``train_mode=False`` measures the ``eval()``-mode loss
+instead (running statistics, no dropout). A model with BatchNorm (running statistics) or dropout
+(p > 0) gets one warning at construction naming the mode. Either way the modules' train/eval
+flags, the parameters, every ``.grad``, the buffers and the global random-number state are left
+as found.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from .columns import (
     CONVERGED,
@@ -109,7 +115,8 @@ class EdgeMonitor:
     function of the gradient norm at the measured point; it replaces the inferred edge, and the
     record says so. ``tol``/``max_iter``: Lanczos relative residual and HVP cap; ``seed``: the
     Lanczos start of the first measurement (later ones warm-start from the previous eigenvector);
-    ``train_mode``: see the module docstring; ``kernels``: ``"default"`` or ``"onednn"``
+    ``train_mode``: measure the train-mode loss (default) or, with False, the eval-mode one (see
+    the module docstring); ``kernels``: ``"default"`` or ``"onednn"``
     (``samedge.kernels``).
     """
 
@@ -124,7 +131,7 @@ class EdgeMonitor:
         tol: float = DEFAULT_TOL,
         max_iter: int = 100,
         seed: int = 0,
-        train_mode: bool = False,
+        train_mode: bool = True,
         hvp_method: HVPMethod = "double_backward",
         kernels: str = "default",
         batch_loss: bool = False,
@@ -153,6 +160,7 @@ class EdgeMonitor:
         self._start = time.perf_counter()
         self._check_data(data)
         self._spec()
+        self._warn_mode()
 
     def _warn(self, spec: EdgeSpec) -> None:
         if spec.rule is None and spec.reason not in self._warned:
@@ -162,6 +170,31 @@ class EdgeMonitor:
                 "edge and ratio are recorded as None",
                 stacklevel=3,
             )
+
+    def _warn_mode(self) -> None:
+        """A warning, at construction, when the measurement depends on the mode: BatchNorm with
+        running statistics, or dropout with p > 0. It names the mode measured in and the other."""
+        kinds = sorted(
+            {
+                type(m).__name__
+                for m in self.model.modules()
+                if (isinstance(m, _BatchNorm) and m.track_running_stats) or (isinstance(m, _DropoutNd) and m.p > 0)
+            }
+        )
+        if not kinds:
+            return
+        desc = {
+            "train": "batch statistics differentiated through, dropout on: the loss training descends",
+            "eval": "running statistics, no dropout",
+        }
+        mode, other = ("train", "eval") if self.train_mode else ("eval", "train")
+        warnings.warn(
+            f"EdgeMonitor: the model has {', '.join(kinds)}, so ||H|| depends on the mode; it is measured in "
+            f"{mode} mode ({desc[mode]}); pass train_mode={not self.train_mode} to measure in {other} mode "
+            f"({desc[other]})",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def step(self) -> Optional[Dict[str, Any]]:
         """Count one optimizer step; measure and return the row every ``every`` steps, else None."""
