@@ -41,6 +41,8 @@ PRESETS = ("smoke", "cpu", "paper")
 # defaults, so that a new RunConfig field is a preset parameter without editing this module.
 RUN_FIELDS = tuple(f.name for f in fields(RunConfig) if f.name not in ("task", "rho", "options"))
 _NO_DEFAULT = {f.name: None for f in fields(RunConfig) if f.default is MISSING and f.default_factory is MISSING}
+# Parameters that hold paths: text given for them stays text (a directory named 1e3 is not a number).
+PATH_PARAMS = ("data_dir", "results_dir")
 # Parameters every experiment notebook takes (the task adds its own sizes, e.g. width).
 COMMON: Dict[str, Any] = {
     "preset": None,
@@ -140,7 +142,7 @@ def resolve_params(task: str, preset: Optional[str] = None, **given: Any) -> Dic
 def _from_text(name: str, value: Any, like: Any) -> Any:
     """A value given as text where a list, number or bool belongs (``papermill -p rhos "[0.0, 0.1]"``
     passes the string) is read as YAML; anything that is not valid YAML is an error naming it."""
-    if not isinstance(value, str) or isinstance(like, str):
+    if not isinstance(value, str) or isinstance(like, str) or name in PATH_PARAMS:
         return value
     try:
         return parse_value(value)
