@@ -7,7 +7,7 @@ the ratio measured in pairs (``measure_pairs``: steps t and t + 1) and, in the s
 SAM map's accounts (``accounts_every``) and the curvature at w~ (``measure_ascent``), one thread, and writes ``benchmarks/drift_check.csv``:
 ``samedge.analysis.run_accounts`` of each task's runs (one row per run and account: the median
 pair mean over the second half, and the even- and odd-step medians), which book/grid.ipynb
-reads. Finished runs under ``--results`` are reloaded, not rerun.
+reads (with each task's batching, which picks its band). Finished runs under ``--results`` are reloaded, not rerun.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from samedge.presets import resolve_params, run_configs
 OUT = Path(__file__).with_name("drift_check.csv")
 # Per task: the pair cadence (twice the preset's measure_every, so as many measurements) and the
 # accounts' cadence (four or five pairs in the second half).
-CADENCE = {"cifar10": dict(measure_every=30, accounts_every=60), "shakespeare": dict(measure_every=20, accounts_every=40)}
+CADENCE = {
+    "cifar10": dict(measure_every=30, accounts_every=60),
+    "shakespeare": dict(measure_every=20, accounts_every=40),
+}
 
 
 def main() -> None:
@@ -45,7 +48,7 @@ def main() -> None:
             t0 = time.perf_counter()
             records.append(run(cfg, Path(args.results) / cfg.run_name(), progress=False))
             print(f"{cfg.run_name()}: {time.perf_counter() - t0:.0f} s", flush=True)
-        tables.append(run_accounts(records).assign(task=task))
+        tables.append(run_accounts(records).assign(task=task, batching=records[0].batching))
     out = pd.concat(tables, ignore_index=True)
     out.to_csv(OUT, index=False, float_format="%.6g")
     print(f"wrote {OUT}")

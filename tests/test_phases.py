@@ -18,7 +18,9 @@ from samedge.edge import aligned_sam_edge
 from samedge.loop import run
 from samedge.record import DamagedRunError, RunRecord, check_record
 
-HAVE_MNIST = bool(os.environ.get("SAMEDGE_DATA_DIR")) and (Path(os.environ["SAMEDGE_DATA_DIR"]) / "MNIST" / "raw").is_dir()
+HAVE_MNIST = (
+    bool(os.environ.get("SAMEDGE_DATA_DIR")) and (Path(os.environ["SAMEDGE_DATA_DIR"]) / "MNIST" / "raw").is_dir()
+)
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="set SAMEDGE_DATA_DIR to a directory holding MNIST/raw")
 OPTS = dict(n_train=128, n_test=64, width=16, depth=2)
 
@@ -170,6 +172,9 @@ def test_accounts_and_drift_by_hand():
         pytest.approx(0.2),
     )
     assert d.loc[an.ACCOUNT_CYCLE, "drift"] == pytest.approx(0.0) and d.loc[an.ACCOUNT_CYCLE, "explains"]
+    # No drift but far from 1 explains nothing: the same account judged against a band above it.
+    far = an.drift_table(an.run_accounts(gd + sam), band=(1.1, 1.2)).set_index("account")
+    assert not far.loc[an.ACCOUNT_CYCLE, "explains"]
     assert d.loc[an.ACCOUNT_EXACT, "drift"] == pytest.approx(0.2) and not d.loc[an.ACCOUNT_EXACT, "explains"]
     assert d.loc[an.ACCOUNT_ASCENT, "drift / formula drift"] == pytest.approx(0.05 / 0.15)
     text = an.drift_sentence(d.reset_index())

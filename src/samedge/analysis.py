@@ -449,7 +449,9 @@ def phase_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
     the second half), of the even- and odd-step medians, and of the median pair mean."""
     rows = []
     for r in records:
-        rows.append({"run": run_label(r), "rho": r.rho, "eta": r.eta, MEDIAN_RATIO: r.median_ratio(), **phase_medians(r)})
+        rows.append(
+            {"run": run_label(r), "rho": r.rho, "eta": r.eta, MEDIAN_RATIO: r.median_ratio(), **phase_medians(r)}
+        )
     if not rows:
         raise ValueError("records is empty; give at least one RunRecord")
     t = pd.DataFrame(rows)
@@ -497,7 +499,8 @@ ACCOUNTS = [
     ACCOUNT_CYCLE_AMPLITUDE,
 ]
 # An account explains the drift of the ratio with rho when its own drift is at most this fraction
-# of the formula ratio's (in magnitude): it removes three quarters of it or more.
+# of the formula ratio's (in magnitude), i.e. it removes three quarters of it or more, and its value
+# lies in the band of "at the edge" (``BANDS``) at every rho: an account flat far from 1 explains nothing.
 EXPLAINS_FRACTION = 0.25
 
 
@@ -505,7 +508,8 @@ def growth_as_ratio(growth: pd.Series) -> pd.Series:
     """A two-step growth factor G on the ratio's scale: (1 + sqrt(G)) / 2, NaN for G < 0.
 
     For GD on a quadratic with sharpness lam, G = (1 - eta lam)^2, and on the branch eta lam >= 1
-    (where the edge lies) eta lam / 2 = (1 + sqrt(G)) / 2: 1 exactly at the edge, like a ratio."""
+    (where the edge lies) eta lam / 2 = (1 + sqrt(G)) / 2: 1 exactly at the edge, like a ratio.
+    Below eta lam = 1 it reads 1 - eta lam / 2, between 1/2 and 1: below 1 still means stable."""
     g = growth.astype(float)
     return (1 + g.where(g >= 0).pow(0.5)) / 2
 
@@ -576,11 +580,11 @@ def accounts_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
     return wide.reset_index().sort_values(["eta", "rho"], ignore_index=True)
 
 
-def drift_table(runs: pd.DataFrame) -> pd.DataFrame:
+def drift_table(runs: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND) -> pd.DataFrame:
     """Per account: its value at every rho (mean over eta, then over seeds) and its drift, the
     value at the largest rho minus that at rho = 0, with the drift's min and max over the seeds
     (each seed's drift from its own means over eta), and whether it explains the formula ratio's
-    drift (``EXPLAINS_FRACTION``). ``runs`` is ``run_accounts(records)`` (or that table read back
+    drift (``EXPLAINS_FRACTION``: a small drift, and every rho's value in ``band``). ``runs`` is ``run_accounts(records)`` (or that table read back
     from a file)."""
     per_seed = runs.groupby(["account", "rho", "seed"])["value"].mean().unstack("rho")
     rhos = sorted(runs["rho"].unique())
@@ -599,7 +603,9 @@ def drift_table(runs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     base = float(out.loc[out["account"] == ACCOUNT_FORMULA, "drift"].iloc[0])
     out["drift / formula drift"] = out["drift"] / base
-    out["explains"] = out["drift / formula drift"].abs() <= EXPLAINS_FRACTION
+    values = out[[f"rho={rho:g}" for rho in rhos]]
+    at_edge = ((values >= band[0]) & (values <= band[1])).all(axis=1)
+    out["explains"] = (out["drift / formula drift"].abs() <= EXPLAINS_FRACTION) & at_edge
     return out
 
 
@@ -621,7 +627,8 @@ def drift_sentence(drift: pd.DataFrame) -> str:
     good = rest[rest["explains"] & (rest["account"] != ACCOUNT_FORMULA_AT_ACCOUNTS)]["account"].tolist()
     bad = rest[~rest["explains"] & (rest["account"] != ACCOUNT_FORMULA_AT_ACCOUNTS)]["account"].tolist()
     verdict = (
-        f"An account removes the drift if its own drift is at most {EXPLAINS_FRACTION:.0%} of the formula's: "
+        f"An account explains the drift if its own drift is at most {EXPLAINS_FRACTION:.0%} of the formula's "
+        "and its value lies in the band of the edge at every rho: "
         + (f"{', '.join(good)} {'does' if len(good) == 1 else 'do'}" if good else "none does")
         + (f"; {', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not" if bad else "")
         + "."
