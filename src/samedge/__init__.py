@@ -15,7 +15,7 @@ from .hessian import (
 from .monitor import EdgeMonitor
 from .monitor_record import MonitorRecord
 from .sam import SAM, SAMStep, ascent_point, sam_step
-from .sam_map import sam_map_sharpness
+from .sam_map import sam_map_accounts, sam_map_sharpness
 from .vectors import alignment, flatten, unflatten
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "ascent_point",
     "sam_step",
     "sam_map_sharpness",
+    "sam_map_accounts",
     "alignment",
     "flatten",
     "unflatten",

@@ -12,12 +12,16 @@ from .columns import (
     ASCENT_OP_NORM,
     EDGE,
     GRAD_NORM,
+    GROWTH_U,
+    GROWTH_U_AT_AMPLITUDE,
     OP_NORM,
     RATIO,
+    SAM_MAP_MU,
     SHARPNESS_AND_EDGE,
     STEP,
     TRAIN_LOSS,
 )
+from .edge import aligned_sam_edge
 from .monitor_record import MonitorRecord
 from .record import RunRecord, second_half
 
@@ -53,6 +57,30 @@ __all__ = [
     "per_seed_ratios",
     "edge_facts",
     "edge_facts_sentence",
+    "PHASE_EVEN",
+    "PHASE_ODD",
+    "PAIR_RATIO",
+    "PHASE_GAP",
+    "PAIRS",
+    "pair_means",
+    "phase_medians",
+    "phase_table",
+    "phase_sentence",
+    "ACCOUNT_FORMULA",
+    "ACCOUNT_FORMULA_AT_ACCOUNTS",
+    "ACCOUNT_ALIGNED",
+    "ACCOUNT_ASCENT",
+    "ACCOUNT_EXACT",
+    "ACCOUNT_CYCLE",
+    "ACCOUNT_CYCLE_AMPLITUDE",
+    "ACCOUNTS",
+    "EXPLAINS_FRACTION",
+    "growth_as_ratio",
+    "account_frame",
+    "run_accounts",
+    "accounts_table",
+    "drift_table",
+    "drift_sentence",
 ]
 
 # A run's record or a monitor's: both have frame, label, steps, eta, rho, seed, rule, diverged_at.
@@ -376,3 +404,233 @@ def edge_facts_sentence(facts: pd.DataFrame) -> str:
             f"GD starts at a sharpness of {g['||H|| at start']:.3g} = {g['||H|| / (2/eta) at start']:.2f} x 2/eta and {reach}"
         )
     return "; ".join(parts) + "."
+
+
+# --- Phases: a period-2 oscillation measured at both of its steps (RunConfig.measure_pairs) ---
+
+PHASE_EVEN = "median ratio, even steps (2nd half)"
+PHASE_ODD = "median ratio, odd steps (2nd half)"
+PAIR_RATIO = "median pair-mean ratio (2nd half)"
+PHASE_GAP = "even minus odd"
+PAIRS = "pairs (2nd half)"
+
+
+def pair_means(steps: pd.Series, values: pd.Series) -> pd.Series:
+    """The mean of ``values`` at t and t + 1 for every t whose next step is also in ``steps``
+    (indexed by t): over a period-2 oscillation, a number that does not depend on the phase."""
+    s = pd.Series(values.to_numpy(dtype=float), index=steps.to_numpy())
+    s = s[s.notna()]
+    t = [i for i in s.index if i + 1 in s.index]
+    return pd.Series([(s[i] + s[i + 1]) / 2 for i in t], index=t, dtype=float)
+
+
+def phase_medians(rec: AnyRecord, values: Optional[pd.Series] = None) -> dict:
+    """Over the second half of ``rec``: the median of ``values`` (default: the ratio column) at
+    even steps, at odd steps, over the pair means (``pair_means``) and the number of pairs."""
+    df = rec.frame
+    vals = df[RATIO] if values is None else values
+    half = (df[STEP] >= rec.steps / 2) & vals.notna() if len(df) else pd.Series(dtype=bool)
+    steps, v = df[STEP][half], vals[half].astype(float)
+    pairs = pair_means(steps, v)
+
+    def med(x: pd.Series) -> float:
+        return float(x.median()) if len(x) else float("nan")
+
+    return {
+        PHASE_EVEN: med(v[steps % 2 == 0]),
+        PHASE_ODD: med(v[steps % 2 == 1]),
+        PAIR_RATIO: med(pairs),
+        PAIRS: int(len(pairs)),
+    }
+
+
+def phase_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
+    """Per setting (run label): the mean over the seeds of today's median ratio (all measurements of
+    the second half), of the even- and odd-step medians, and of the median pair mean."""
+    rows = []
+    for r in records:
+        rows.append(
+            {"run": run_label(r), "rho": r.rho, "eta": r.eta, MEDIAN_RATIO: r.median_ratio(), **phase_medians(r)}
+        )
+    if not rows:
+        raise ValueError("records is empty; give at least one RunRecord")
+    t = pd.DataFrame(rows)
+    out = t.groupby(["run", "rho", "eta"], sort=False).mean(numeric_only=True).reset_index()
+    out.insert(3, "seeds", t.groupby(["run", "rho", "eta"], sort=False).size().to_numpy())
+    out[PHASE_GAP] = out[PHASE_EVEN] - out[PHASE_ODD]
+    return out
+
+
+def phase_sentence(table: pd.DataFrame) -> str:
+    """What ``phase_table`` says, in words computed from it: how far the phases differ and how far
+    the phase-free ratio (the median pair mean) lies from today's median."""
+    ok = table.dropna(subset=[PAIR_RATIO])
+    if ok.empty:
+        return "No run has consecutive measurements in its second half, so no phase-free ratio is available."
+    gap = ok[PHASE_GAP].abs()
+    worst = ok.loc[gap.idxmax()]
+    shift = (ok[PAIR_RATIO] - ok[MEDIAN_RATIO]).abs()
+    return (
+        f"Measured at both steps of each pair, the even- and odd-step medians of the ratio differ by at most "
+        f"{gap.max():.3f} ({worst['run']}: {worst[PHASE_EVEN]:.3f} at even steps, {worst[PHASE_ODD]:.3f} at odd "
+        f"ones); the median over the second half of the mean of each pair, a ratio that does not depend on the "
+        f"phase, is {ok[PAIR_RATIO].min():.3f} to {ok[PAIR_RATIO].max():.3f} over the settings, and differs from "
+        f"the median of all measurements by at most {shift.max():.3f}."
+    )
+
+
+# --- Accounts of the ratio: what each candidate explanation makes of it, on the ratio's scale ---
+
+ACCOUNT_FORMULA = "||H|| / SAM-edge"
+ACCOUNT_FORMULA_AT_ACCOUNTS = "||H|| / SAM-edge (account steps)"
+ACCOUNT_ALIGNED = "||H|| / aligned edge"
+ACCOUNT_ASCENT = "||H(w~)|| / SAM-edge"
+ACCOUNT_EXACT = "eta mu / 2"
+ACCOUNT_CYCLE = "two-step growth (small)"
+ACCOUNT_CYCLE_AMPLITUDE = "two-step growth (at amplitude)"
+# In this order in the tables and the figure; each is 1 at the edge its account predicts.
+ACCOUNTS = [
+    ACCOUNT_FORMULA,
+    ACCOUNT_FORMULA_AT_ACCOUNTS,
+    ACCOUNT_ALIGNED,
+    ACCOUNT_ASCENT,
+    ACCOUNT_EXACT,
+    ACCOUNT_CYCLE,
+    ACCOUNT_CYCLE_AMPLITUDE,
+]
+# An account explains the drift of the ratio with rho when its own drift is at most this fraction
+# of the formula ratio's (in magnitude), i.e. it removes three quarters of it or more, and its value
+# lies in the band of "at the edge" (``BANDS``) at every rho: an account flat far from 1 explains nothing.
+EXPLAINS_FRACTION = 0.25
+
+
+def growth_as_ratio(growth: pd.Series) -> pd.Series:
+    """A two-step growth factor G on the ratio's scale: (1 + sqrt(G)) / 2, NaN for G < 0.
+
+    For GD on a quadratic with sharpness lam, G = (1 - eta lam)^2, and on the branch eta lam >= 1
+    (where the edge lies) eta lam / 2 = (1 + sqrt(G)) / 2: 1 exactly at the edge, like a ratio.
+    Below eta lam = 1 it reads 1 - eta lam / 2, between 1/2 and 1: below 1 still means stable."""
+    g = growth.astype(float)
+    return (1 + g.where(g >= 0).pow(0.5)) / 2
+
+
+def account_frame(rec: AnyRecord) -> pd.DataFrame:
+    """Per measurement of ``rec``: its step and every account of ``ACCOUNTS`` (NaN where not measured).
+
+    The formula ratio ||H||/SAM-edge; the same at the rows that carry the SAM map's accounts;
+    ||H|| over the aligned edge (``samedge.edge.aligned_sam_edge`` with cos^2 = align_grad^2;
+    NaN for unnormalized SAM); ||H(w~)||/SAM-edge (measure_ascent runs); eta mu / 2 with mu the
+    top real eigenvalue of the SAM map's M; and the two-step growths along u as ratios
+    (``growth_as_ratio``)."""
+    df = rec.frame
+    nan = pd.Series(float("nan"), index=df.index)
+    out = pd.DataFrame({STEP: df[STEP]})
+    out[ACCOUNT_FORMULA] = df[RATIO].astype(float)
+    mu = df[SAM_MAP_MU].astype(float) if SAM_MAP_MU in df else nan
+    out[ACCOUNT_FORMULA_AT_ACCOUNTS] = out[ACCOUNT_FORMULA].where(mu.notna())
+    if rec.rule in ("gd", "sam"):
+        cos2 = (df[ALIGN_GRAD].astype(float) ** 2).clip(upper=1.0)  # round-off can put |cos| a hair above 1
+        edge = aligned_sam_edge(rec.eta, rec.rho, df[GRAD_NORM].to_numpy(dtype=float), cos2.to_numpy())
+        out[ACCOUNT_ALIGNED] = df[OP_NORM].astype(float) / edge
+    else:
+        out[ACCOUNT_ALIGNED] = nan
+    out[ACCOUNT_ASCENT] = df[ASCENT_OP_NORM] / df[EDGE] if ASCENT_OP_NORM in df else nan
+    out[ACCOUNT_EXACT] = rec.eta * mu / 2
+    out[ACCOUNT_CYCLE] = growth_as_ratio(df[GROWTH_U]) if GROWTH_U in df else nan
+    out[ACCOUNT_CYCLE_AMPLITUDE] = growth_as_ratio(df[GROWTH_U_AT_AMPLITUDE]) if GROWTH_U_AT_AMPLITUDE in df else nan
+    return out
+
+
+def run_accounts(records: Sequence[AnyRecord]) -> pd.DataFrame:
+    """One row per run (eta, rho, seed) and account: the median over the second half of its pair
+    means (the phase-free value), and its even- and odd-step medians."""
+    rows = []
+    for r in records:
+        acc = account_frame(r)
+        for name in ACCOUNTS:
+            ph = phase_medians(r, acc[name])
+            rows.append(
+                {
+                    "eta": r.eta,
+                    "rho": r.rho,
+                    "seed": r.seed,
+                    "account": name,
+                    "value": ph[PAIR_RATIO],
+                    "even": ph[PHASE_EVEN],
+                    "odd": ph[PHASE_ODD],
+                    PAIRS: ph[PAIRS],
+                }
+            )
+    if not rows:
+        raise ValueError("records is empty; give at least one RunRecord")
+    return pd.DataFrame(rows)
+
+
+def accounts_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
+    """One row per setting (eta, rho): every account's phase-free value (``run_accounts``), the
+    mean over the seeds, and the formula ratio's even- and odd-step medians (means over seeds)."""
+    runs = run_accounts(records)
+    wide = runs.pivot_table(index=["eta", "rho"], columns="account", values="value", aggfunc="mean", dropna=False)
+    wide = wide.reindex(columns=ACCOUNTS)
+    formula = runs[runs["account"] == ACCOUNT_FORMULA].groupby(["eta", "rho"])
+    wide.insert(0, "seeds", formula.size())
+    wide[PHASE_EVEN] = formula["even"].mean()
+    wide[PHASE_ODD] = formula["odd"].mean()
+    wide.columns.name = None
+    return wide.reset_index().sort_values(["eta", "rho"], ignore_index=True)
+
+
+def drift_table(runs: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND) -> pd.DataFrame:
+    """Per account: its value at every rho (mean over eta, then over seeds) and its drift, the
+    value at the largest rho minus that at rho = 0, with the drift's min and max over the seeds
+    (each seed's drift from its own means over eta), and whether it explains the formula ratio's
+    drift (``EXPLAINS_FRACTION``: a small drift, and every rho's value in ``band``). ``runs`` is ``run_accounts(records)`` (or that table read back
+    from a file)."""
+    per_seed = runs.groupby(["account", "rho", "seed"])["value"].mean().unstack("rho")
+    rhos = sorted(runs["rho"].unique())
+    if len(rhos) < 2 or rhos[0] != 0:
+        raise ValueError(f"a drift needs rho = 0 and a larger rho, got rhos {rhos}")
+    drift = per_seed[rhos[-1]] - per_seed[rhos[0]]
+    rows = []
+    for name in ACCOUNTS:
+        if name not in per_seed.index.get_level_values("account"):
+            continue
+        row: dict = {"account": name}
+        row.update({f"rho={rho:g}": float(per_seed.loc[name][rho].mean()) for rho in rhos})
+        d = drift.loc[name]
+        row.update(drift=float(d.mean()), **{"drift seed min": float(d.min()), "drift seed max": float(d.max())})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    base = float(out.loc[out["account"] == ACCOUNT_FORMULA, "drift"].iloc[0])
+    out["drift / formula drift"] = out["drift"] / base
+    values = out[[f"rho={rho:g}" for rho in rhos]]
+    at_edge = ((values >= band[0]) & (values <= band[1])).all(axis=1)
+    out["explains"] = (out["drift / formula drift"].abs() <= EXPLAINS_FRACTION) & at_edge
+    return out
+
+
+def drift_sentence(drift: pd.DataFrame) -> str:
+    """Which accounts explain the drift of the ratio with rho, in words computed from ``drift_table``."""
+    rhos = [c for c in drift.columns if c.startswith("rho=")]
+    lo, hi = rhos[0], rhos[-1]
+    f = drift[drift["account"] == ACCOUNT_FORMULA].iloc[0]
+    parts = [
+        f"From {lo} to {hi} the formula ratio moves from {f[lo]:.3f} to {f[hi]:.3f} (drift {f['drift']:+.3f}, "
+        f"seeds {f['drift seed min']:+.3f} to {f['drift seed max']:+.3f})"
+    ]
+    rest = drift[drift["account"] != ACCOUNT_FORMULA].dropna(subset=["drift"])
+    for _, a in rest.iterrows():
+        parts.append(
+            f"{a['account']}: {a[lo]:.3f} to {a[hi]:.3f}, drift {a['drift']:+.3f} "
+            f"({a['drift / formula drift']:+.0%} of the formula's)"
+        )
+    good = rest[rest["explains"] & (rest["account"] != ACCOUNT_FORMULA_AT_ACCOUNTS)]["account"].tolist()
+    bad = rest[~rest["explains"] & (rest["account"] != ACCOUNT_FORMULA_AT_ACCOUNTS)]["account"].tolist()
+    verdict = (
+        f"An account explains the drift if its own drift is at most {EXPLAINS_FRACTION:.0%} of the formula's "
+        "and its value lies in the band of the edge at every rho: "
+        + (f"{', '.join(good)} {'does' if len(good) == 1 else 'do'}" if good else "none does")
+        + (f"; {', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not" if bad else "")
+        + "."
+    )
+    return "; ".join(parts) + ". " + verdict

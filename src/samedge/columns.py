@@ -24,6 +24,12 @@ __all__ = [
     "EVAL_COLUMNS",
     "ASCENT_OF",
     "ASCENT_COLUMNS",
+    "SAM_MAP_MU",
+    "SAM_MAP_HVPS",
+    "GROWTH_U",
+    "GROWTH_U_AT_AMPLITUDE",
+    "AMPLITUDE_U",
+    "ACCOUNT_COLUMNS",
     "SHARPNESS_AND_EDGE",
     "TIMING_COLUMNS",
     "INT_COLUMNS",
@@ -38,6 +44,8 @@ TRAIN_SECONDS, MEASURE_SECONDS = "train_seconds", "measure_seconds"
 EVAL_LOSS, EVAL_GRAD_NORM, EVAL_OP_NORM = "eval_loss", "eval_grad_norm", "eval_op_norm"
 EVAL_EDGE, EVAL_RATIO, EVAL_HVPS = "eval_edge", "eval_ratio", "eval_hvps"
 ASCENT_OP_NORM, ASCENT_HVPS = "ascent_op_norm", "ascent_hvps"
+SAM_MAP_MU, SAM_MAP_HVPS = "sam_map_mu", "sam_map_hvps"
+GROWTH_U, GROWTH_U_AT_AMPLITUDE, AMPLITUDE_U = "growth_u", "growth_u_at_amplitude", "amplitude_u"
 
 # Every row has these, in this order; a fixed evaluation batch adds the eval_* columns (after
 # CONVERGED), a measurement at the SAM ascent point the ascent_* ones.
@@ -71,6 +79,11 @@ EVAL_COLUMNS = list(EVAL_OF.values())
 # What the measurement at the SAM ascent point w~ records.
 ASCENT_OF = {OP_NORM: ASCENT_OP_NORM, HVPS: ASCENT_HVPS}
 ASCENT_COLUMNS = list(ASCENT_OF.values())
+# What the SAM map's accounts of the ratio record (``samedge.sam_map.sam_map_accounts``), on the
+# rows of RunConfig.account_steps and NaN on the others: mu, the top real eigenvalue of M (the SAM
+# map's Jacobian is I - eta M) and its HVPs; the two-step growth along u of a small perturbation
+# and of one the size of the oscillation; that size, half the step along u.
+ACCOUNT_COLUMNS = [SAM_MAP_MU, SAM_MAP_HVPS, GROWTH_U, GROWTH_U_AT_AMPLITUDE, AMPLITUDE_U]
 # The sharpness and the edge behind each ratio column.
 SHARPNESS_AND_EDGE = {RATIO: (OP_NORM, EDGE), EVAL_RATIO: (EVAL_OP_NORM, EVAL_EDGE)}
 TIMING_COLUMNS = [TRAIN_SECONDS, MEASURE_SECONDS]  # wall-clock: the only non-reproducible columns

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 
@@ -70,6 +70,12 @@ class RunConfig:
     lanczos_tol: float = DEFAULT_TOL
     lanczos_max_iter: int = 100
     measure_ascent: bool = False  # also measure ||H||_op at the ascent point w~
+    # Also measure at t + 1 for every scheduled t: both phases of a period-2 oscillation, so that
+    # a median can be read per phase and over the mean of each pair (``samedge.analysis``).
+    measure_pairs: bool = False
+    # In the second half (t >= steps/2), every accounts_every steps (a multiple of measure_every; with
+    # measure_pairs also at t + 1): the SAM map's accounts of the ratio (``samedge.sam_map_accounts``).
+    accounts_every: Optional[int] = None
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None: ~20 per run
     allow_tf32: bool = False  # CUDA only: let matmuls and convolutions use TF32 (~1e-3 relative error)
 
@@ -86,6 +92,13 @@ class RunConfig:
             _positive_int("batch_size", self.batch_size)
         if self.checkpoint_every is not None:
             _positive_int("checkpoint_every", self.checkpoint_every)
+        if self.accounts_every is not None:
+            _positive_int("accounts_every", self.accounts_every)
+            if self.accounts_every % self.measure_every:
+                raise ConfigError(
+                    f"accounts_every must be a multiple of measure_every ({self.measure_every}), "
+                    f"got {self.accounts_every}"
+                )
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.hvp_method not in ("double_backward", "forward_over_reverse"):
@@ -97,7 +110,7 @@ class RunConfig:
             check_kernels(self.kernels)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        for name in ("normalize", "measure_ascent", "allow_tf32"):
+        for name in ("normalize", "measure_ascent", "measure_pairs", "allow_tf32"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _positive_int("lanczos_max_iter", self.lanczos_max_iter)
@@ -121,6 +134,26 @@ class RunConfig:
     def torch_dtype(self) -> torch.dtype:
         """The torch dtype of parameters and data."""
         return getattr(torch, self.dtype)
+
+    def measured_steps(self) -> List[int]:
+        """The steps measured by a run that does not diverge: every measure_every steps from 0 and
+        the last, and with ``measure_pairs`` also the step after each of them (up to ``steps``)."""
+        base = [t for t in range(self.steps + 1) if t % self.measure_every == 0 or t == self.steps]
+        if not self.measure_pairs:
+            return base
+        return sorted(set(base) | {t + 1 for t in base if t < self.steps})
+
+    def account_steps(self) -> List[int]:
+        """The measured steps that also carry the SAM map's accounts: t >= steps/2 with t a
+        multiple of ``accounts_every`` (with ``measure_pairs``: t < steps, and t + 1 too, so that
+        every account has both phases); none without it."""
+        if self.accounts_every is None:
+            return []
+        last = self.steps - 1 if self.measure_pairs else self.steps
+        base = [t for t in range(0, last + 1, self.accounts_every) if 2 * t >= self.steps]
+        if not self.measure_pairs:
+            return base
+        return sorted(set(base) | {t + 1 for t in base if t < self.steps})
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field."""

@@ -17,7 +17,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir
-from .columns import MEASURE_SECONDS, OP_NORM, TRAIN_SECONDS
+from .columns import (
+    ACCOUNT_COLUMNS,
+    AMPLITUDE_U,
+    GROWTH_U,
+    GROWTH_U_AT_AMPLITUDE,
+    MEASURE_SECONDS,
+    OP_NORM,
+    SAM_MAP_HVPS,
+    SAM_MAP_MU,
+    TRAIN_SECONDS,
+)
 from .config import ConfigError, RunConfig, resolve_device
 from .edge import edge as stability_edge
 from .edge import gd_edge
@@ -28,6 +38,7 @@ from .precision import pinned_precision
 from .record import RunRecord
 from .rundir import CHECKPOINT, DamagedRunError, RunDirError, atomic_write_text
 from .sam import sam_step
+from .sam_map import sam_map_accounts
 from .tasks import get_task
 
 __all__ = ["run", "RunDirError"]
@@ -164,12 +175,13 @@ def _run(
     edge_at = lambda gn: stability_edge(cfg.rule, cfg.eta, cfg.rho, gn)  # noqa: E731
     diverged_at = None
 
+    scheduled, with_accounts = set(cfg.measured_steps()), set(cfg.account_steps())
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=cfg.run_name()[:40], disable=not progress, leave=False)
     t = state["step"]
     while t <= cfg.steps:
         x, y = task.sample(t, gen)
         loss_fn = module_loss(model, task.loss, x, y)
-        measuring = t % cfg.measure_every == 0 or t == cfg.steps
+        measuring = t in scheduled
         t0 = time.perf_counter()
         # The HVP graph holds g = grad L(w_t): the SAM step reuses it instead of recomputing.
         point = prepare(loss_fn, params, cfg.hvp_method, kernels=cfg.kernels) if measuring else None
@@ -210,6 +222,35 @@ def _run(
                 ascent_loss=loss_fn,
             )
             point = eval_point = None  # frees the retained graphs
+            if cfg.accounts_every is not None:
+                row.update(dict.fromkeys(ACCOUNT_COLUMNS, math.nan))
+            if t in with_accounts and _all_finite(row[OP_NORM]):
+                acc = sam_map_accounts(
+                    loss_fn,
+                    params,
+                    cfg.eta,
+                    cfg.rho,
+                    warm.train,
+                    cfg.normalize,
+                    v0=state["warm"].sam_map,
+                    tol=cfg.lanczos_tol,
+                    max_iter=cfg.lanczos_max_iter,
+                    seed=cfg.seed + t + 3,
+                    method=cfg.hvp_method,
+                    kernels=cfg.kernels,
+                )
+                row.update(
+                    {
+                        SAM_MAP_MU: acc.sharpness.value,
+                        SAM_MAP_HVPS: acc.sharpness.num_hvps,
+                        GROWTH_U: acc.growth,
+                        GROWTH_U_AT_AMPLITUDE: acc.growth_at_amplitude,
+                        AMPLITUDE_U: acc.amplitude,
+                    }
+                )
+                warm.sam_map = acc.sharpness.eigenvector
+            elif warm.sam_map is None:
+                warm.sam_map = state["warm"].sam_map  # the SAM map's eigenvector waits for the next accounts
             state["warm"] = warm
             state["measure_seconds"] += time.perf_counter() - t1
             row.update({TRAIN_SECONDS: state["train_seconds"], MEASURE_SECONDS: state["measure_seconds"]})

@@ -52,11 +52,12 @@ class Point:
 @dataclass
 class WarmStart:
     """The previous measurement's top eigenvectors (None: cold start): of the training loss,
-    of the evaluation batch, and at the SAM ascent point."""
+    of the evaluation batch, at the SAM ascent point, and of the SAM map's M (its accounts)."""
 
     train: Optional[torch.Tensor] = None
     eval: Optional[torch.Tensor] = None
     ascent: Optional[torch.Tensor] = None
+    sam_map: Optional[torch.Tensor] = None
 
 
 def prepare(

@@ -16,11 +16,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .analysis import AnyRecord, run_label, setting_table
+from .analysis import ACCOUNT_FORMULA_AT_ACCOUNTS, ACCOUNTS, AnyRecord, run_label, setting_table
 from .columns import (
     ALIGN_GRAD,
     ALIGN_SAM_GRAD,
@@ -41,6 +42,7 @@ __all__ = [
     "plot_loss",
     "save_figure",
     "plot_predicted_vs_measured",
+    "plot_accounts_vs_rho",
     "panel_grid",
     "shared_legend",
     "book_style",
@@ -345,4 +347,42 @@ def plot_predicted_vs_measured(records: Sequence[AnyRecord]) -> Figure:
         ax.set_title("Measured sharpness against its predicted edge, per setting (bars: min-max over seeds)")
         ax.grid(alpha=0.3, which="both")
         shared_legend(fig, [ax], ncols=min(len(rhos) + len(etas) + 1, 5))
+    return fig
+
+
+def plot_accounts_vs_rho(runs: pd.DataFrame) -> Figure:
+    """Every account of the ratio (``samedge.analysis.ACCOUNTS``, from ``run_accounts``) against
+    rho: the mean over eta and seeds of each run's phase-free value, with min-max bars over the
+    seeds (each seed's mean over eta); 1 is the edge each account predicts."""
+    shown = [
+        a
+        for a in ACCOUNTS
+        if a != ACCOUNT_FORMULA_AT_ACCOUNTS and runs.loc[runs["account"] == a, "value"].notna().any()
+    ]
+    with book_style():
+        fig, ax = plt.subplots(figsize=(WIDTH, 4.2), constrained_layout=True)
+        rhos = sorted(runs["rho"].unique())
+        span = (max(rhos) - min(rhos)) or 1.0
+        for i, name in enumerate(shown):
+            per_seed = runs[runs["account"] == name].groupby(["rho", "seed"])["value"].mean().unstack("seed")
+            mean, lo, hi = per_seed.mean(axis=1), per_seed.min(axis=1), per_seed.max(axis=1)
+            x = mean.index.to_numpy() + (i - (len(shown) - 1) / 2) * 0.012 * span  # side by side at each rho
+            ax.errorbar(
+                x,
+                mean.to_numpy(),
+                yerr=np.clip([mean - lo, hi - mean], 0, None),
+                fmt=MARKERS[i % len(MARKERS)] + "-",
+                color=f"C{i}",
+                ms=5,
+                capsize=2,
+                lw=1,
+                label=name,
+            )
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="1: at the edge of the account")
+        ax.set_xticks(rhos)
+        ax.set_xlabel("$\\rho$ (0: GD)")
+        ax.set_ylabel("median over pair means, 2nd half")
+        ax.set_title("The ratio and its corrections against $\\rho$ (mean over $\\eta$ and seeds; bars: seeds)")
+        ax.grid(alpha=0.3)
+        shared_legend(fig, [ax], ncols=3)
     return fig

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from .columns import (
+    ACCOUNT_COLUMNS,
     ASCENT_COLUMNS,
     ASCENT_OF,
     BOOL_COLUMNS,
@@ -198,8 +199,8 @@ def _read_frame(path: Path) -> pd.DataFrame:
 
 
 def _schedule(cfg: RunConfig) -> List[int]:
-    """The measured steps of a run that does not diverge: every measure_every steps, and the last."""
-    return [t for t in range(cfg.steps + 1) if t % cfg.measure_every == 0 or t == cfg.steps]
+    """The measured steps of a run that does not diverge (``RunConfig.measured_steps``)."""
+    return cfg.measured_steps()
 
 
 def _first_bad(df: pd.DataFrame, column: str, bad: pd.Series) -> str:
@@ -217,7 +218,8 @@ def _first_bad(df: pd.DataFrame, column: str, bad: pd.Series) -> str:
 def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], run_dir: Path) -> None:
     """Raise DamagedRunError unless ``frame`` and ``summary`` are what ``loop.run`` writes for
     ``cfg``: the columns of record.COLUMNS (with all or none of EVAL_COLUMNS, and ASCENT_COLUMNS
-    exactly when measure_ascent), integer steps and HVP counts, boolean ``converged``, finite
+    exactly when measure_ascent, ACCOUNT_COLUMNS exactly when accounts_every, finite on the rows
+    of ``RunConfig.account_steps`` and NaN on the others), integer steps and HVP counts, boolean ``converged``, finite
     numbers except on the row of a recorded divergence, steps strictly increasing on the schedule
     (every measure_every steps from 0, and ``steps``; a diverged run stops at ``diverged_at``),
     and a summary of a complete run consistent with the rows."""
@@ -246,6 +248,7 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
         return
     cols = set(frame.columns)
     want = set(COLUMNS) | (set(ASCENT_COLUMNS) if cfg.measure_ascent else set())
+    want |= set(ACCOUNT_COLUMNS) if cfg.accounts_every is not None else set()
     if cols & set(EVAL_COLUMNS):
         want |= set(EVAL_COLUMNS)
     missing, unknown = sorted(want - cols), sorted(cols - want)
@@ -285,6 +288,17 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
             bad = ~num.map(lambda v: math.isfinite(v) and v >= 0).astype(bool)
             if bad.any():
                 raise damaged(rec, f"column {c!r} must be finite and >= 0, got {_first_bad(frame, c, bad)}")
+    if cfg.accounts_every is not None:
+        due = frame[STEP].isin(cfg.account_steps()) & ~at_div
+        for c in ACCOUNT_COLUMNS:
+            finite = pd.to_numeric(frame[c], errors="coerce").map(math.isfinite).astype(bool)
+            bad = (due & ~finite) | (~due & ~at_div & frame[c].notna())
+            if bad.any():
+                raise damaged(
+                    rec,
+                    f"column {c!r} must be finite on the account steps {cfg.account_steps()[:6]}... and empty "
+                    f"elsewhere, got {_first_bad(frame, c, bad)}",
+                )
     edge, ratio = frame[EDGE].astype(float), frame[RATIO].astype(float)
     ok_ratio = ratio.map(math.isfinite).astype(bool) | ((edge == 0) & (ratio == math.inf)) | at_div
     if not ok_ratio.all():
@@ -300,6 +314,7 @@ def check_record(cfg: RunConfig, frame: pd.DataFrame, summary: Dict[str, Any], r
             rec,
             f"its steps {steps[:8]}{'...' if len(steps) > 8 else ''} are not the schedule of "
             f"steps={cfg.steps}, measure_every={cfg.measure_every}"
+            f"{', measure_pairs' if cfg.measure_pairs else ''}"
             f"{', diverged at ' + str(div_at) if div else ''} (off-schedule {off[:5]}, "
             f"missing {sorted(set(expected) - set(steps))[:5]})",
         )

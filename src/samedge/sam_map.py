@@ -25,10 +25,19 @@ import torch
 from torch.func import grad as func_grad
 
 from .hessian import WARM_MIX, HessianOperator, HVPMethod, LossFn, _start_vector, guarded_start
-from .sam import ascent_point
-from .vectors import Params, flatten, norm
+from .sam import ascent_point, sam_step
+from .vectors import Params, add_scaled, flatten, norm, unflatten
 
-__all__ = ["SAMMapOperator", "SAMMapSharpness", "sam_map_sharpness", "MIN_KRYLOV"]
+__all__ = [
+    "SAMMapOperator",
+    "SAMMapSharpness",
+    "sam_map_sharpness",
+    "MIN_KRYLOV",
+    "GROWTH_EPS",
+    "SAMMapAccounts",
+    "two_step_growth",
+    "sam_map_accounts",
+]
 
 # The smallest Krylov dimension at which ``sam_map_sharpness`` may stop (a breakdown, i.e. an
 # exactly invariant subspace, included): one or two Arnoldi steps can sit on a lower eigenvalue
@@ -232,3 +241,73 @@ def sam_map_sharpness(
         start = start / torch.linalg.vector_norm(start)
     theta, x, res, m, converged = _arnoldi_top(op, start, tol, max_iter, min_iter, seed)
     return SAMMapSharpness(theta.real, abs(theta.imag), op.calls, converged, res, x, op.grad_norm, m)
+
+
+# The small perturbation of ``two_step_growth``'s linear account, in parameter units: small against
+# the oscillation along u of the book's runs (its half-step, ``SAMMapAccounts.amplitude``, is
+# about 1e-2 to 1e-1) and large against the float32 round-off of the projected difference (~1e-8).
+GROWTH_EPS = 1e-3
+
+
+def two_step_growth(step: Callable[[Params], Params], params: Params, u: torch.Tensor, eps: float) -> float:
+    """<F(F(w + eps u)) - F(F(w - eps u)), u> / (2 eps) for the map ``step`` = F and unit ``u``:
+    how much a perturbation along u grows over two steps (a central difference: its linear part is
+    u^T J(F(w)) J(w) u, the two-step Jacobian along u, with the error O(eps^2))."""
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    d = unflatten(u.to(next(iter(params.values())).dtype), params)
+    plus = step(step(add_scaled(params, d, eps)))
+    minus = step(step(add_scaled(params, d, -eps)))
+    return float(torch.dot(flatten(plus) - flatten(minus), u.to(flatten(plus).dtype)) / (2 * eps))
+
+
+@dataclass
+class SAMMapAccounts:
+    """``sam_map_accounts`` at w: the SAM map's linear criterion and the two-step growth along u."""
+
+    sharpness: SAMMapSharpness  # mu, the top real eigenvalue of M: linearly unstable when eta mu > 2
+    growth: float  # two_step_growth along u of a small perturbation (eps = GROWTH_EPS): the cycle's linear account
+    growth_at_amplitude: float  # the same for a perturbation of max(amplitude, eps): the non-linear account
+    amplitude: float  # |<F(w) - w, u>| / 2: half the step along u, the size of a period-2 oscillation
+
+
+def sam_map_accounts(
+    loss_fn: LossFn,
+    params: Params,
+    eta: float,
+    rho: float,
+    u: torch.Tensor,
+    normalize: bool = True,
+    v0: Optional[torch.Tensor] = None,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    eps: float = GROWTH_EPS,
+    method: HVPMethod = "double_backward",
+    kernels: str = "default",
+) -> SAMMapAccounts:
+    """The accounts of the SAM map F(w) = w - eta grad L(w~) at ``params`` along the unit vector
+    ``u`` (the top Hessian eigenvector): ``sam_map_sharpness`` (warm-started from ``v0``), and
+    the growth over two real SAM steps (``samedge.sam_step``, on ``loss_fn``'s batch both times)
+    of a perturbation along u, small (``eps``) and as large as the oscillation along u.
+
+    Why two steps: at the edge of stability the iterate oscillates with period 2 along u, and a
+    period-2 orbit is stable when the two-step map contracts along it, u^T J(F(w)) J(w) u <= 1 in
+    the linear limit, whatever the one-step criterion eta mu says at w alone: the curvature and
+    SAM's ascent direction differ at the orbit's two points. For GD on a quadratic with u an
+    eigenvector of eigenvalue lam both growths are (1 - eta lam)^2."""
+    u = u.reshape(-1) / torch.linalg.vector_norm(u)
+    sh = sam_map_sharpness(loss_fn, params, rho, normalize, v0=v0, tol=tol, max_iter=max_iter, seed=seed, method=method)
+
+    def step(w: Params) -> Params:
+        return sam_step(loss_fn, w, eta, rho, normalize, kernels=kernels).params
+
+    w = {k: t.detach() for k, t in params.items()}
+    moved = flatten(step(w)) - flatten(w)
+    amplitude = float(torch.dot(moved, u.to(moved.dtype)).abs()) / 2
+    return SAMMapAccounts(
+        sh,
+        two_step_growth(step, w, u, eps),
+        two_step_growth(step, w, u, max(amplitude, eps)),
+        amplitude,
+    )
