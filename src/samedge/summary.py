@@ -27,12 +27,16 @@ from .analysis import (
     TWO_OVER_ETA,
     band_of,
     ratio_table,
+    ratio_verdict,
+    sam_bias_sentence,
     seed_table,
 )
 from .experiment import run_experiment
+from .hessian import DEFAULT_TOL
 from .plots import book_style, panel_grid, shared_legend
-from .presets import resolve_params
+from .presets import load_preset, resolve_params
 from .record import RunRecord
+from .tasks import get_task
 
 __all__ = [
     "EXPERIMENTS",
@@ -40,6 +44,10 @@ __all__ = [
     "experiment_records",
     "summary_table",
     "summary_sentence",
+    "TASK_NAMES",
+    "deviation_table",
+    "model_description",
+    "verdict_glue",
     "summary_styler",
     "table_styler",
     "plot_summary",
@@ -100,32 +108,141 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         SEEDS_IN_BAND,
         FINAL_TRAIN_LOSS,
         TEST_LOSS,
+        TEST_ACCURACY,
         "diverged",
     ]
     return pd.concat(frames, ignore_index=True)[cols]
 
 
-def summary_sentence(table: pd.DataFrame) -> str:
-    """How many SAM settings per task sat at the SAM-edge, and GD at 2/eta, from the table."""
+# How the book names each experiment in prose.
+TASK_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "shakespeare": "tiny_shakespeare"}
+
+
+def _task_sentence(t: pd.DataFrame) -> str:
+    """One task's rows of ``summary_table`` in words: SAM against its band and 2/eta, the bias, GD."""
+    lo, hi = float(t[BAND_LOW].iloc[0]), float(t[BAND_HIGH].iloc[0])
+    v = ratio_verdict(t, (lo, hi))
+    n = int(t["seeds"].max())
+    name = TASK_NAMES.get(str(t["task"].iloc[0]), str(t["task"].iloc[0]))
     parts = []
+    if len(v["sam"]):
+        parts.append(
+            f"{v['inside']} of {len(v['sam'])} SAM radii within [{lo:g}, {hi:g}] of the SAM-edge (mean over {n} "
+            f"seed{'s' if n > 1 else ''}; ratios {v['low']:.4f} to {v['high']:.4f}), the sharpness at "
+            f"{v['of_gd_low']:.2f} to {v['of_gd_high']:.2f} x 2/eta"
+        )
+        parts.append(sam_bias_sentence(v, drift_note="the grid chapter analyses this drift"))
+    if v["gd"] is not None:
+        where = "at its edge" if v["gd_in_band"] else f"outside [{lo:g}, {hi:g}]"
+        parts.append(f"GD at {v['gd']:.4f} x 2/eta ({where})")
+    return f"**{name}**: " + "; ".join(parts) + "."
+
+
+def summary_sentence(table: pd.DataFrame) -> str:
+    """Per task, from the table: how many SAM radii sat at the SAM-edge and how far from 2/eta, the
+    offset's trend in rho, and where GD sat (one sentence per task, separated by blank lines)."""
+    return "\n\n".join(_task_sentence(table[table["task"] == task]) for task in dict.fromkeys(table["task"]))
+
+
+def verdict_glue(table: pd.DataFrame) -> Dict[str, str]:
+    """The numbers and sentences the intro's verdict box glues, keyed by name, from ``summary_table``:
+    per task ``<task>-sam`` (SAM's ratio range), ``<task>-gd``, ``<task>-in-band`` ("k of n" runs over
+    all seeds), ``<task>-of-gd`` (SAM's sharpness over 2/eta), ``<task>-bias`` (``sam_bias_sentence``),
+    ``<task>-test-accuracy`` (range over settings of the mean over seeds) and ``<task>-gd-where``."""
+    out: Dict[str, str] = {}
     for task in dict.fromkeys(table["task"]):
         t = table[table["task"] == task]
-        sam, gd = t[t["rho"] > 0], t[t["rho"] == 0]
-        n = int(t["seeds"].max())
-        s = (
-            f"{task}: {int(sam[IN_BAND].sum())} of {len(sam)} SAM radii within [{t[BAND_LOW].iloc[0]:g}, {t[BAND_HIGH].iloc[0]:g}] of the SAM-edge "
-            f"(mean over {n} seed{'s' if n > 1 else ''}; ratios {sam[MEDIAN_RATIO].min():.3f} to "
-            f"{sam[MEDIAN_RATIO].max():.3f})"
-            if len(sam)
-            else f"{task}"
+        lo, hi = float(t[BAND_LOW].iloc[0]), float(t[BAND_HIGH].iloc[0])
+        v = ratio_verdict(t, (lo, hi))
+        inside = sum(int(s.split(" of ")[0]) for s in t[SEEDS_IN_BAND])
+        runs = sum(int(s.split(" of ")[1]) for s in t[SEEDS_IN_BAND])
+        out[f"{task}-in-band"] = f"{inside} of {runs}"
+        out[f"{task}-band"] = f"[{lo:g}, {hi:g}]"
+        acc = t[TEST_ACCURACY]
+        out[f"{task}-test-accuracy"] = (
+            f"{acc.min():.0%} to {acc.max():.0%}" if f"{acc.min():.0%}" != f"{acc.max():.0%}" else f"{acc.min():.0%}"
         )
-        if len(gd):
-            g = gd.iloc[0]
-            s += f", GD at {float(g[MEDIAN_RATIO]):.3f} x 2/eta"
-            if g["seeds"] > 1:
-                s += f" (seeds {float(g[RATIO_MIN]):.3f} to {float(g[RATIO_MAX]):.3f})"
-        parts.append(s)
-    return "; ".join(parts) + "."
+        if len(v["sam"]):
+            out[f"{task}-sam"] = f"{v['low']:.4f} to {v['high']:.4f}"
+            out[f"{task}-of-gd"] = f"{v['of_gd_low']:.2f} to {v['of_gd_high']:.2f}"
+            out[f"{task}-bias"] = sam_bias_sentence(v, drift_note="the grid chapter analyses this drift")
+        if v["gd"] is not None:
+            out[f"{task}-gd"] = f"{v['gd']:.4f}"
+            out[f"{task}-gd-where"] = (
+                f"inside its band {out[f'{task}-band']}"
+                if v["gd_in_band"]
+                else f"outside its band {out[f'{task}-band']}"
+            )
+    return out
+
+
+def model_description(task: str, options: Dict[str, object]) -> str:
+    """The network of ``task`` with these options, in words, with its number of parameters (counted
+    on the model the task builds)."""
+    o = get_task(task).resolve_options({k: v for k, v in options.items() if k in get_task(task).defaults})
+    n = sum(p.numel() for p in get_task(task).model(o).parameters())
+    if task == "mnist":
+        what = f"MLP, {o['depth']} hidden layers of {o['width']}"
+    elif task == "cifar10":
+        chans = ", ".join(str(o["base_channels"] * 2**i) for i in range(int(o["num_blocks"])))
+        what = f"CNN, {o['num_blocks']} blocks of {o['layers_per_block']} convolution, channels {chans}"
+    elif task == "shakespeare":
+        what = (
+            f"Transformer, {o['num_layers']} layers, {o['num_heads']} heads of size {o['key_size']}, "
+            f"model size {o['model_size']}"
+        )
+    else:
+        what = task
+    return f"{what} ({n:,} parameters)"
+
+
+def _data_description(task: str, p: Dict[str, object]) -> str:
+    if task == "shakespeare":
+        return f"random crops of {p['sequence_length']} characters"
+    return f"first {int(p['n_train']):,} training images"  # type: ignore[call-overload]
+
+
+def deviation_table(tasks: Sequence[str] = EXPERIMENTS, ours: str = "cpu", theirs: str = "paper") -> pd.DataFrame:
+    """Per task and setting, the authors' value (preset ``theirs``, with the authors' measurement and
+    wall-clock schedule) beside this book's (preset ``ours``), and whether they differ; read from the
+    preset files, the models' parameter counts computed."""
+    rows = []
+    for task in tasks:
+        a, b = load_preset(task, theirs), load_preset(task, ours)
+        pairs = {
+            "data": (_data_description(task, a), _data_description(task, b)),
+            "model": (model_description(task, a), model_description(task, b)),
+            "eta": (f"{a['eta']:g}", f"{b['eta']:g}"),
+            "rho (SAM)": tuple(", ".join(f"{r:g}" for r in p["rhos"] if r > 0) for p in (a, b)),
+            "batch": tuple(f"{p['batch_size']} crops" if p.get("batch_size") else "full batch" for p in (a, b)),
+            "steps": (
+                f"until a wall-clock limit (`{theirs}` preset: {a['steps']:,})",
+                f"{b['steps']:,}",
+            ),
+            "measurement": (
+                "central-difference HVPs, power iteration from a random vector",
+                f"exact HVPs, Lanczos warm-started, relative residual {DEFAULT_TOL:g}",
+            ),
+            "schedule": (
+                f"every so many hours of wall-clock time (`{theirs}` preset: every {a['measure_every']} steps)",
+                f"every {b['measure_every']} steps",
+            ),
+            "seeds": (
+                f"from the clock (`{theirs}` preset: {', '.join(map(str, a['seeds']))})",
+                ", ".join(map(str, b["seeds"])),
+            ),
+        }
+        for what, (theirs_v, ours_v) in pairs.items():
+            rows.append(
+                {
+                    "task": TASK_NAMES.get(task, task),
+                    "setting": what,
+                    "authors": theirs_v,
+                    "this book": ours_v,
+                    "differs": theirs_v != ours_v,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 # The columns of samedge.analysis.seed_table a chapter's results table shows (rho, eta and
