@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from samedge.config import RunConfig
@@ -89,3 +90,40 @@ def test_verdict_glue_and_sentence_by_hand():
     s = summary_sentence(t)
     assert s.count("\n\n") == 1 and "**MNIST**: 2 of 2 SAM radii" in s and "GD at 0.9900 x 2/eta (at its edge)" in s
     assert "**tiny_shakespeare**" in s and "GD at 1.1600 x 2/eta (at its edge)" in s
+
+
+def test_read_markdown_table(tmp_path):
+    """The table with the asked column, cells as written; a missing column is an error."""
+    from samedge.summary import read_markdown_table
+
+    f = tmp_path / "r.md"
+    f.write_text(
+        "# R\n\n| a | b |\n|---|---|\n| 1 | x |\n\ntext\n\n| run | overlap median / min |\n|---|---|\n"
+        "| GD | 0.999 / 0.685 |\n| SAM rho=0.05 | 0.884 / 0.045 |\n\nafter\n"
+    )
+    t = read_markdown_table(f, "overlap median / min")
+    assert t.to_dict("records") == [
+        {"run": "GD", "overlap median / min": "0.999 / 0.685"},
+        {"run": "SAM rho=0.05", "overlap median / min": "0.884 / 0.045"},
+    ]
+    with pytest.raises(ValueError, match="no table"):
+        read_markdown_table(f, "nothing")
+
+
+def test_report_sections_drop_the_targets():
+    """Sections by title; 'Target' paragraphs and '(target <= ...)' remarks gone, numbers kept."""
+    from samedge.summary import report_sections
+
+    text = (
+        "# B\n\n<!-- report -->\n\nMachine: x.\n\n## 1. Gradient vs HVP\n\n| a |\n|---|\n| 1.55 |\n\n"
+        "Target: exact HVP <= 3.0x a gradient.\n\n## 3. SAM step vs GD step\n\n"
+        "SAM step 10.4 ms: ratio 1.99 (target <= 2.1; the median over rounds). JAX: ratio 0.99 (target <= 1.0; median).\n"
+        "ratio **0.354** (median over starts; target <= 0.15).\n"
+    )
+    r = report_sections(text)
+    assert list(r) == ["", "Gradient vs HVP", "SAM step vs GD step"]
+    assert "Machine: x." in r[""] and "1.55" in r["Gradient vs HVP"]
+    assert "arget" not in "".join(r.values()), r
+    assert "ratio 1.99 (the median over rounds)" in r["SAM step vs GD step"]
+    assert "ratio 0.99 (median)" in r["SAM step vs GD step"]
+    assert "**0.354** (median over starts)" in r["SAM step vs GD step"]

@@ -3,6 +3,8 @@ one table of median sharpness / edge per task and rho, and one figure."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -48,6 +50,8 @@ __all__ = [
     "deviation_table",
     "model_description",
     "verdict_glue",
+    "read_markdown_table",
+    "report_sections",
     "summary_styler",
     "table_styler",
     "plot_summary",
@@ -174,6 +178,43 @@ def verdict_glue(table: pd.DataFrame) -> Dict[str, str]:
                 else f"outside its band {out[f'{task}-band']}"
             )
     return out
+
+
+def read_markdown_table(path: str | Path, column: str) -> pd.DataFrame:
+    """The first pipe table of a committed Markdown results file (``benchmarks/*.md``) whose header
+    has a column named ``column``, as strings (the file's own rounding), one row per table row."""
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and column in cells:
+            rows = []
+            for body in lines[i + 2 :]:
+                if not body.lstrip().startswith("|"):
+                    break
+                rows.append([c.strip() for c in body.strip().strip("|").split("|")])
+            return pd.DataFrame(rows, columns=cells)
+    raise ValueError(f"no table with a column {column!r} in {path}")
+
+
+def report_sections(text: str) -> Dict[str, str]:
+    """A committed benchmark report (``benchmarks/RESULTS.md``) as the appendix shows it: its
+    ``## `` sections by title (numbering dropped), without the development targets the report
+    prints beside its numbers (paragraphs starting "Target", parentheticals "(target <= ...)")."""
+    text = text.split("<!-- report -->", 1)[-1]
+    out: Dict[str, str] = {"": ""}
+    title = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = re.sub(r"^\w+\.\s*", "", line[3:].strip())
+            out[title] = ""
+            continue
+        if line.startswith("Target"):
+            continue
+        line = re.sub(r"\s*\(target <= [^;)]*\)", "", line)
+        line = re.sub(r"target <= [^;)]*;\s*", "", line)
+        line = re.sub(r";\s*target <= [^;)]*", "", line)
+        out[title] += line + "\n"
+    return {k: v.strip() + "\n" for k, v in out.items()}
 
 
 def model_description(task: str, options: Dict[str, object]) -> str:
