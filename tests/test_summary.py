@@ -127,3 +127,28 @@ def test_report_sections_drop_the_targets():
     assert "ratio 1.99 (the median over rounds)" in r["SAM step vs GD step"]
     assert "ratio 0.99 (median)" in r["SAM step vs GD step"]
     assert "**0.354** (median over starts)" in r["SAM step vs GD step"]
+
+
+def test_table_styler_one_rounding_rule_per_quantity():
+    """Ratios with 4 decimals whatever their value, other numbers with 4 significant digits,
+    integers as they are; every header and label word in a no-wrap span, number cells no-wrap."""
+    import pandas as pd
+
+    from samedge.analysis import MEDIAN_H, MEDIAN_RATIO, RATIO_MAX
+    from samedge.summary import table_styler
+
+    t = pd.DataFrame(
+        {
+            "run": ["SAM rho=0.05", "GD"],
+            "seeds": [3, 1],
+            MEDIAN_H: [2486.3, 0.00087],
+            MEDIAN_RATIO: [0.995, 1.0004],
+            RATIO_MAX: [1.0, 1.12345],
+        }
+    )
+    out = table_styler(t).to_html()
+    for cell in (">0.9950<", ">1.0004<", ">1.0000<", ">1.1235<", ">2,486<", ">8.700e-04<", ">3<"):
+        assert cell in out, cell
+    assert '<span class="samedge-word">median</span> <span class="samedge-word">||H||</span>' in out
+    assert '<span class="samedge-word">rho=0.05</span>' in out
+    assert "white-space: nowrap" in out

@@ -3,6 +3,7 @@ one table of median sharpness / edge per task and rho, and one figure."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -38,6 +39,7 @@ from .hessian import DEFAULT_TOL
 from .plots import book_style, panel_grid, shared_legend
 from .presets import load_preset, resolve_params
 from .record import RunRecord
+from .runs import planned_runs
 from .tasks import get_task
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "verdict_glue",
     "read_markdown_table",
     "report_sections",
+    "run_links",
     "summary_styler",
     "table_styler",
     "plot_summary",
@@ -196,6 +199,19 @@ def read_markdown_table(path: str | Path, column: str) -> pd.DataFrame:
     raise ValueError(f"no table with a column {column!r} in {path}")
 
 
+def run_links(task: str, params: Dict[str, object]) -> str:
+    """HTML: one line per run of a chapter (``params`` as ``presets.resolve_params`` gives them) with
+    links to its ``record.csv`` and ``config.json`` where the built site serves them (copied to
+    ``runs/<task>/<preset>/<run>/`` by book/_ext/samedge_provenance.py)."""
+    items = []
+    for r in planned_runs(task, dict(params)):
+        base = f"../runs/{task}/{params['preset']}/{r.name}"
+        what = "GD" if r.config.rho == 0 else f"SAM rho={r.config.rho:g}"
+        links = " · ".join(f'<a href="{html.escape(base)}/{f}" download>{f}</a>' for f in ("record.csv", "config.json"))
+        items.append(f"<li>{html.escape(what)}, seed {r.config.seed}: {links}</li>")
+    return '<ul class="samedge-run-links">' + "".join(items) + "</ul>"
+
+
 def report_sections(text: str) -> Dict[str, str]:
     """A committed benchmark report (``benchmarks/RESULTS.md``) as the appendix shows it: its
     ``## `` sections by title (numbering dropped), without the development targets the report
@@ -257,7 +273,7 @@ def deviation_table(tasks: Sequence[str] = EXPERIMENTS, ours: str = "cpu", their
             "rho (SAM)": tuple(", ".join(f"{r:g}" for r in p["rhos"] if r > 0) for p in (a, b)),
             "batch": tuple(f"{p['batch_size']} crops" if p.get("batch_size") else "full batch" for p in (a, b)),
             "steps": (
-                f"until a wall-clock limit (`{theirs}` preset: {a['steps']:,})",
+                f"until a wall-clock limit ({theirs} preset: {a['steps']:,})",
                 f"{b['steps']:,}",
             ),
             "measurement": (
@@ -265,11 +281,11 @@ def deviation_table(tasks: Sequence[str] = EXPERIMENTS, ours: str = "cpu", their
                 f"exact HVPs, Lanczos warm-started, relative residual {DEFAULT_TOL:g}",
             ),
             "schedule": (
-                f"every so many hours of wall-clock time (`{theirs}` preset: every {a['measure_every']} steps)",
+                f"every so many hours of wall-clock time ({theirs} preset: every {a['measure_every']} steps)",
                 f"every {b['measure_every']} steps",
             ),
             "seeds": (
-                f"from the clock (`{theirs}` preset: {', '.join(map(str, a['seeds']))})",
+                f"from the clock ({theirs} preset: {', '.join(map(str, a['seeds']))})",
                 ", ".join(map(str, b["seeds"])),
             ),
         }
@@ -305,29 +321,59 @@ RESULT_COLUMNS = [
 ]
 
 
-def _cell(v: object) -> str:
-    """One value as a table shows it: 4 significant digits, yes/no, a dash for a missing number."""
+def _significant(v: float, digits: int = 4) -> str:
+    """``digits`` significant digits, in fixed notation between 1e-3 and 1e6 (thousands separated)."""
+    if v == 0:
+        return "0"
+    if not 1e-3 <= abs(v) < 1e6:
+        return f"{v:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(v)))))
+    return f"{v:,.{decimals}f}"
+
+
+def _is_ratio(column: object) -> bool:
+    """Whether a column holds a ratio of sharpness to an edge (shown with 4 decimals)."""
+    return "ratio" in str(column).lower()
+
+
+def _cell(v: object, ratio: bool = False) -> str:
+    """One value as a table shows it: a ratio with 4 decimals, any other number with 4 significant
+    digits, an integer as is, yes/no, a dash for a missing number."""
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
         return f"{v:d}"
     if isinstance(v, (float, np.floating)):
-        return "–" if not np.isfinite(v) else f"{v:.4g}"
+        if not np.isfinite(v):
+            return "–"
+        return f"{v:.4f}" if ratio else _significant(float(v))
     return "–" if v is None else str(v)
+
+
+def _words(text: object) -> str:
+    """Text as HTML whose line breaks can fall only between words: each word in a no-wrap span."""
+    return " ".join(f'<span class="samedge-word">{html.escape(w)}</span>' for w in str(text).split())
 
 
 def table_styler(
     table: pd.DataFrame, columns: Optional[Sequence[str]] = None, table_id: Optional[str] = None
 ) -> Styler:
-    """A table as the book shows it: chosen ``columns`` (default all), no index, 4 significant digits."""
+    """A table as the book shows it: chosen ``columns`` (default all), no index, one rounding rule
+    per quantity (``_cell``), headers and text that break between words only, numbers never."""
     cols = [c for c in (columns or list(table.columns)) if c in table.columns]
     attrs = 'class="samedge-table"' + (f' id="{table_id}"' if table_id else "")
     text = [c for c in cols if pd.api.types.is_string_dtype(table[c])]  # labels left, numbers right (CSS)
+    numbers = [c for c in cols if c not in text]
+    styler = table[cols].style.hide(axis="index")
+    for c in cols:
+        if c in text:
+            styler = styler.format(lambda v: _words(_cell(v)), subset=[c])
+        else:
+            styler = styler.format(lambda v, r=_is_ratio(c): _cell(v, r), subset=[c])
     return (
-        table[cols]
-        .style.format(_cell)
-        .hide(axis="index")
+        styler.format_index(_words, axis=1)
         .set_properties(subset=text, **{"text-align": "left"})
+        .set_properties(subset=numbers, **{"white-space": "nowrap"})
         .set_table_attributes(attrs)
     )
 
@@ -346,9 +392,8 @@ def summary_styler(table: pd.DataFrame) -> Styler:
         SEEDS_IN_BAND,
         TEST_LOSS,
     ]
-    # Four decimals for the ratios: tests/browser/test_intro_numbers.py reads them back to 6e-5.
-    ratios = [MEDIAN_RATIO, RATIO_MIN, RATIO_MAX]
-    return table_styler(table, cols, table_id="samedge-summary").format("{:.4f}", subset=ratios)
+    # Ratios have four decimals (table_styler): tests/browser/test_intro_numbers.py reads them back to 6e-5.
+    return table_styler(table, cols, table_id="samedge-summary")
 
 
 def plot_summary(table: pd.DataFrame) -> Figure:
