@@ -3,6 +3,7 @@ one table of median sharpness / edge per task and rho, and one figure."""
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from pathlib import Path
@@ -369,7 +370,7 @@ def table_styler(
         if c in text:
             styler = styler.format(lambda v: _words(_cell(v)), subset=[c])
         else:
-            styler = styler.format(lambda v, r=_is_ratio(c): _cell(v, r), subset=[c])
+            styler = styler.format(functools.partial(_cell, ratio=_is_ratio(c)), subset=[c])
     return (
         styler.format_index(_words, axis=1)
         .set_properties(subset=text, **{"text-align": "left"})
