@@ -228,6 +228,8 @@ def report_sections(text: str) -> Dict[str, str]:
         if line.startswith("Target"):
             continue
         line = re.sub(r"\s*\(target <= [^;)]*\)", "", line)
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            line = re.sub(r"(?<=\w)-(?=\w)", "\u2011", line)  # a table's hyphens do not break a line
         line = re.sub(r"target <= [^;)]*;\s*", "", line)
         line = re.sub(r";\s*target <= [^;)]*", "", line)
         out[title] += line + "\n"
@@ -303,12 +305,11 @@ def deviation_table(tasks: Sequence[str] = EXPERIMENTS, ours: str = "cpu", their
     return pd.DataFrame(rows)
 
 
-# The columns of samedge.analysis.seed_table a chapter's results table shows (rho, eta and
-# DIVERGED_AT are in the run name, 2/eta and the divergence note).
+# The columns of samedge.analysis.seed_table a chapter's results table shows (rho and eta are in the
+# run name and the parameters; GD's median edge is 2/eta).
 RESULT_COLUMNS = [
     "run",
     "seeds",
-    TWO_OVER_ETA,
     MEDIAN_H,
     MEDIAN_EDGE,
     MEDIAN_RATIO,
