@@ -85,6 +85,7 @@ def test_verdict_glue_and_sentence_by_hand():
     assert g["mnist-of-gd"] == "0.26 to 0.28"
     assert g["mnist-test-accuracy"] == "10% to 50%"
     assert "grows with rho (+2.0% at rho = 0.05 to +12.5% at rho = 0.1)" in g["mnist-bias"]
+    assert g["shakespeare-sam"] == "0.9500" and g["shakespeare-of-gd"] == "0.24"  # one radius: one number (0.95 / 4)
     assert g["shakespeare-gd"] == "1.1600" and g["shakespeare-gd-where"] == "inside its band [0.8, 1.25]"
     assert "below the SAM-edge in every SAM setting (-5.0% to -5.0%)" in g["shakespeare-bias"]
     s = summary_sentence(t)
@@ -152,3 +153,5 @@ def test_table_styler_one_rounding_rule_per_quantity():
     assert '<span class="samedge-word">median</span> <span class="samedge-word">||H||</span>' in out
     assert '<span class="samedge-word">rho=0.05</span>' in out
     assert "white-space: nowrap" in out
+    seeds = table_styler(pd.DataFrame({"run": ["GD"], "seed 0": [2.66], "seed 1": [84.9]})).to_html()
+    assert ">2.6600<" in seeds and ">84.9000<" in seeds  # per_seed_ratios' columns are ratios

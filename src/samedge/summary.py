@@ -167,12 +167,10 @@ def verdict_glue(table: pd.DataFrame) -> Dict[str, str]:
         out[f"{task}-in-band"] = f"{inside} of {runs}"
         out[f"{task}-band"] = f"[{lo:g}, {hi:g}]"
         acc = t[TEST_ACCURACY]
-        out[f"{task}-test-accuracy"] = (
-            f"{acc.min():.0%} to {acc.max():.0%}" if f"{acc.min():.0%}" != f"{acc.max():.0%}" else f"{acc.min():.0%}"
-        )
+        out[f"{task}-test-accuracy"] = _span(acc.min(), acc.max(), ".0%")
         if len(v["sam"]):
-            out[f"{task}-sam"] = f"{v['low']:.4f} to {v['high']:.4f}"
-            out[f"{task}-of-gd"] = f"{v['of_gd_low']:.2f} to {v['of_gd_high']:.2f}"
+            out[f"{task}-sam"] = _span(v["low"], v["high"], ".4f")
+            out[f"{task}-of-gd"] = _span(v["of_gd_low"], v["of_gd_high"], ".2f")
             out[f"{task}-bias"] = sam_bias_sentence(v, drift_note="the grid chapter analyses this drift")
         if v["gd"] is not None:
             out[f"{task}-gd"] = f"{v['gd']:.4f}"
@@ -334,8 +332,15 @@ def _significant(v: float, digits: int = 4) -> str:
 
 
 def _is_ratio(column: object) -> bool:
-    """Whether a column holds a ratio of sharpness to an edge (shown with 4 decimals)."""
-    return "ratio" in str(column).lower()
+    """Whether a column holds a ratio of sharpness to an edge (shown with 4 decimals): its name says
+    "ratio", or it is a "seed N" column of ``analysis.per_seed_ratios``."""
+    return "ratio" in str(column).lower() or re.fullmatch(r"seed \d+", str(column)) is not None
+
+
+def _span(low: float, high: float, fmt: str) -> str:
+    """'low to high' in ``fmt``, or one number when both print the same."""
+    a, b = format(low, fmt), format(high, fmt)
+    return a if a == b else f"{a} to {b}"
 
 
 def _cell(v: object, ratio: bool = False) -> str:
