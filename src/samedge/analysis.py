@@ -221,6 +221,12 @@ def _pct(x: float) -> str:
     return f"{100 * (x - 1):+.1f}%"
 
 
+def _pct_span(low: float, high: float) -> str:
+    """'+0.9% to +4.9%', or one percentage when both ends print the same."""
+    a, b = _pct(low), _pct(high)
+    return a if a == b else f"{a} to {b}"
+
+
 def sam_bias_sentence(v: dict, drift_note: str = DRIFT_NOTE) -> str:
     """How the SAM ratios sit relative to 1 and to rho (from ``ratio_verdict``): a systematic offset
     that grows with rho, an offset of one sign, or a scatter about 1."""
@@ -237,10 +243,10 @@ def sam_bias_sentence(v: dict, drift_note: str = DRIFT_NOTE) -> str:
     side = "above" if v["above"] else "below" if v["below"] else None
     if side:
         return (
-            f"the sharpness sits {side} the SAM-edge in every SAM setting ({_pct(v['low'])} to {_pct(v['high'])}), "
+            f"the sharpness sits {side} the SAM-edge in every SAM setting ({_pct_span(v['low'], v['high'])}), "
             "without a bias that grows with rho"
         )
-    return f"the sharpness lies on both sides of the SAM-edge ({_pct(v['low'])} to {_pct(v['high'])})"
+    return f"the sharpness lies on both sides of the SAM-edge ({_pct_span(v['low'], v['high'])})"
 
 
 def interpret_ratios(
