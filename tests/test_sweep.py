@@ -353,6 +353,27 @@ def test_debug_executor_runs_in_process(tmp_path):
     assert isinstance(records[0].frame, pd.DataFrame)
 
 
+def test_progress_goes_to_stderr_only(tmp_path, capsys):
+    """With progress on, the per-run lines and the bar are on stderr: stdout (what a built book
+    shows of a cell) stays empty."""
+    if not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir():
+        pytest.skip("needs MNIST")
+    sweep(
+        "mnist",
+        "smoke",
+        {"rho": [0.0]},
+        seeds=[0],
+        params=TINY,
+        results_dir=tmp_path,
+        executor="debug",
+        device="cpu",
+        progress=True,
+        poll_s=0.01,
+    )
+    out, err = capsys.readouterr()
+    assert "[1/1]" in err and out == "", (out, err)
+
+
 def test_run_experiment_in_parallel_jobs_equals_in_process(tmp_path):
     """A notebook's runs (2 seeds x 2 rhos) through local jobs, 2 at a time, give the records of
     the same runs made in this process one after the other, in the same order (seed by seed);

@@ -51,6 +51,9 @@ __all__ = [
     "ratio_table",
     "seed_table",
     "interpret_ratios",
+    "ratio_verdict",
+    "sam_bias_sentence",
+    "DRIFT_NOTE",
     "run_label",
     "setting_table",
     "first_seed",
@@ -88,9 +91,11 @@ AnyRecord = Union[RunRecord, MonitorRecord]
 
 # The display names of the tables' columns, one constant each (tables, plots, notebooks and tests
 # use these names).
-MEDIAN_H = "median ||H|| (2nd half)"
-MEDIAN_EDGE = "median SAM-edge (2nd half)"
-MEDIAN_RATIO = "median ratio (2nd half)"
+# Short, so that a table's headers wrap between words only; "over the second half of training" is
+# said by every table's caption or the text above it.
+MEDIAN_H = "median ||H||"
+MEDIAN_EDGE = "median edge"
+MEDIAN_RATIO = "median ratio"
 RATIO_MIN = "ratio min"
 RATIO_MAX = "ratio max"
 RATIO_SD = "ratio sd"
@@ -202,8 +207,82 @@ def seed_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND) -> str:
-    """One sentence saying, from the numbers, how closely sharpness tracked its edge.
+# Where a chapter's sentence points for the analysis of a ratio that drifts with rho (the grid
+# chapter's drift section; a MyST role, rendered where the sentence is shown as MyST Markdown).
+DRIFT_NOTE = "{doc}`grid` analyses this drift"
+
+
+def ratio_verdict(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND) -> dict:
+    """What the medians of ``table`` (a ``ratio_table`` or ``seed_table``) say, as numbers and flags.
+
+    Keys: ``sam`` (SAM rows that did not diverge, sorted by rho), ``inside`` (how many in ``band``),
+    ``low``/``high`` (their ratio range), ``of_gd_low``/``of_gd_high`` (their sharpness over 2/eta),
+    ``far`` (that sharpness below the band's low end: the SAM-edge is told apart from 2/eta),
+    ``above``/``below`` (every SAM ratio above / below 1), ``rising`` (at least two radii and the
+    ratio strictly increasing with rho), ``gd`` (GD's ratio or None) and ``gd_in_band``."""
+    lo, hi = band
+    ok = table[~table["diverged"]]
+    sam = ok[ok["rho"] > 0].sort_values("rho", kind="stable")
+    gd = ok[ok["rho"] == 0]
+    r = sam[MEDIAN_RATIO].to_numpy(dtype=float)
+    of_gd = (sam[MEDIAN_H] / sam[TWO_OVER_ETA]).to_numpy(dtype=float)
+    per_rho = sam.groupby("rho", sort=True)[MEDIAN_RATIO].mean().to_numpy(dtype=float)
+    gd_ratio = float(gd[MEDIAN_RATIO].iloc[0]) if len(gd) else None
+    return {
+        "sam": sam,
+        "inside": int(((r >= lo) & (r <= hi)).sum()),
+        "low": float(r.min()) if len(r) else float("nan"),
+        "high": float(r.max()) if len(r) else float("nan"),
+        "of_gd_low": float(of_gd.min()) if len(r) else float("nan"),
+        "of_gd_high": float(of_gd.max()) if len(r) else float("nan"),
+        "far": bool(len(r)) and float(of_gd.max()) < lo,
+        "above": bool(len(r)) and bool((r > 1).all()),
+        "below": bool(len(r)) and bool((r < 1).all()),
+        "rising": len(per_rho) >= 2 and bool((per_rho[1:] > per_rho[:-1]).all()),
+        "gd": gd_ratio,
+        "gd_in_band": gd_ratio is not None and lo <= gd_ratio <= hi,
+    }
+
+
+def _pct(x: float) -> str:
+    """A ratio's offset from 1 as a signed percentage: 1.049 -> '+4.9%'."""
+    return f"{100 * (x - 1):+.1f}%"
+
+
+def _pct_span(low: float, high: float) -> str:
+    """'+0.9% to +4.9%', or one percentage when both ends print the same."""
+    a, b = _pct(low), _pct(high)
+    return a if a == b else f"{a} to {b}"
+
+
+def sam_bias_sentence(v: dict, drift_note: str = DRIFT_NOTE) -> str:
+    """How the SAM ratios sit relative to 1 and to rho (from ``ratio_verdict``): a systematic offset
+    that grows with rho, an offset of one sign, or a scatter about 1."""
+    sam = v["sam"]
+    if not len(sam):
+        return ""
+    first, last = sam.iloc[0], sam.iloc[-1]
+    if v["above"] and v["rising"]:
+        return (
+            f"the sharpness sits above the SAM-edge in every SAM setting, by a bias that grows with rho "
+            f"({_pct(first[MEDIAN_RATIO])} at rho = {first['rho']:g} to {_pct(last[MEDIAN_RATIO])} at rho = "
+            f"{last['rho']:g}): a systematic offset, not exact tracking; {drift_note}"
+        )
+    side = "above" if v["above"] else "below" if v["below"] else None
+    if side:
+        return (
+            f"the sharpness sits {side} the SAM-edge in every SAM setting ({_pct_span(v['low'], v['high'])}), "
+            "without a bias that grows with rho"
+        )
+    return f"the sharpness lies on both sides of the SAM-edge ({_pct_span(v['low'], v['high'])})"
+
+
+def interpret_ratios(
+    table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND, drift_note: str = DRIFT_NOTE
+) -> str:
+    """Sentences saying, from the numbers, where the sharpness sat: how close to the SAM-edge and
+    how far from 2/eta, whether its offset from the SAM-edge grows with rho, and whether GD sat at
+    its edge.
 
     A run (or, in a ``seed_table``, a setting by its mean over the seeds) counts as at its edge
     when its median ratio lies in ``band``: SAM against the SAM-edge, GD against 2/eta."""
@@ -212,9 +291,8 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
     what = "setting" if seeds else "run"
     parts: List[str] = []
     bad = table[table["diverged"]]
-    ok = table[~table["diverged"]]
-    sam = ok[ok["rho"] > 0]
-    gd = ok[ok["rho"] == 0]
+    v = ratio_verdict(table, band)
+    sam = v["sam"]
 
     def spread(t: pd.DataFrame) -> str:
         if not seeds:
@@ -222,32 +300,36 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
         lo_n, hi_n = int(t["seeds"].min()), int(t["seeds"].max())
         n = f"{lo_n}" if lo_n == hi_n else f"{lo_n}-{hi_n}"
         width = float((t[RATIO_MAX] - t[RATIO_MIN]).max())
-        return f"; over {n} seeds per setting the ratio spans at most {width:.3f}, max minus min"
+        return f"; over {n} seeds per setting the ratio spans at most {width:.4f}, max minus min"
 
     if len(sam):
-        inside = sam[(sam[MEDIAN_RATIO] >= lo) & (sam[MEDIAN_RATIO] <= hi)]
-        lo_r, hi_r = sam[MEDIAN_RATIO].min(), sam[MEDIAN_RATIO].max()
-        rng = f"range {lo_r:.3f} to {hi_r:.3f}" if len(sam) > 1 else f"{lo_r:.3f}"
-        parts.append(
-            f"For {len(inside)} of {len(sam)} SAM {what}s the median of ||H||/SAM-edge over the second half of training "
+        rng = f"range {v['low']:.4f} to {v['high']:.4f}" if len(sam) > 1 else f"{v['low']:.4f}"
+        of_gd = (
+            f"{v['of_gd_low']:.2f} to {v['of_gd_high']:.2f}" if len(sam) > 1 else f"{v['of_gd_low']:.2f}"
+        ) + " x 2/eta"
+        head = (
+            f"For {v['inside']} of {len(sam)} SAM {what}s the median of ||H||/SAM-edge over the second half of training "
             + ("(mean over seeds) " if seeds else "")
             + f"lies in [{lo:g}, {hi:g}] ({rng}{spread(sam)})"
-            + (
-                ", so the operator norm of the Hessian tracks the SAM-edge, not 2/eta"
-                if len(inside) == len(sam)
-                else "; where it falls outside, the sharpness did not settle at the SAM-edge"
-            )
         )
-    if len(gd):
-        g = gd.iloc[0]
-        ratio_gd = float(g[MEDIAN_RATIO])  # GD's edge is 2/eta
-        extra = f", seeds {g[RATIO_MIN]:.3f} to {g[RATIO_MAX]:.3f}" if seeds and g["seeds"] > 1 else ""
+        if v["inside"] == len(sam):
+            where = (
+                f"so the sharpness is close to the SAM-edge and far from 2/eta (it sits at {of_gd})"
+                if v["far"]
+                else f"but the SAM-edge is too close to 2/eta here to tell the two apart (the sharpness sits at {of_gd})"
+            )
+        else:
+            where = "where it falls outside, the sharpness did not settle at the SAM-edge"
+        parts.append(f"{head}: {where}; {sam_bias_sentence(v, drift_note)}")
+    if v["gd"] is not None:
+        g = table[(table["rho"] == 0) & ~table["diverged"]].iloc[0]
+        extra = f", seeds {g[RATIO_MIN]:.4f} to {g[RATIO_MAX]:.4f}" if seeds and g["seeds"] > 1 else ""
         parts.append(
-            f"GD's sharpness settles at {ratio_gd:.3f} x 2/eta{extra}"
+            f"GD's sharpness settles at {v['gd']:.4f} x 2/eta{extra}"
             + (
-                " (the classical edge of stability)"
-                if lo <= ratio_gd <= hi
-                else f" (outside [{lo:g}, {hi:g}]: not at the edge of stability here)"
+                f": at its edge of stability (inside [{lo:g}, {hi:g}], {_pct(v['gd'])} from 2/eta)"
+                if v["gd_in_band"]
+                else f": outside [{lo:g}, {hi:g}], not at its edge of stability here"
             )
         )
     for _, b in bad.iterrows():
@@ -256,7 +338,7 @@ def interpret_ratios(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BA
             f"{b['run']} diverged at step {b[DIVERGED_AT]}{which}: a non-finite loss, gradient or sharpness; "
             "its curves stop there and its medians use only the finite measurements"
         )
-    return "; ".join(parts) + "."
+    return ". ".join(p[0].upper() + p[1:] for p in parts) + "."
 
 
 def _median(half: pd.DataFrame, values: Optional[pd.Series]) -> float:

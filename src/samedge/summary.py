@@ -3,6 +3,10 @@ one table of median sharpness / edge per task and rho, and one figure."""
 
 from __future__ import annotations
 
+import functools
+import html
+import re
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -27,12 +31,17 @@ from .analysis import (
     TWO_OVER_ETA,
     band_of,
     ratio_table,
+    ratio_verdict,
+    sam_bias_sentence,
     seed_table,
 )
 from .experiment import run_experiment
+from .hessian import DEFAULT_TOL
 from .plots import book_style, panel_grid, shared_legend
-from .presets import resolve_params
+from .presets import load_preset, resolve_params
 from .record import RunRecord
+from .runs import planned_runs
+from .tasks import get_task
 
 __all__ = [
     "EXPERIMENTS",
@@ -40,6 +49,13 @@ __all__ = [
     "experiment_records",
     "summary_table",
     "summary_sentence",
+    "TASK_NAMES",
+    "deviation_table",
+    "model_description",
+    "verdict_glue",
+    "read_markdown_table",
+    "report_sections",
+    "run_links",
     "summary_styler",
     "table_styler",
     "plot_summary",
@@ -100,40 +116,198 @@ def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:
         SEEDS_IN_BAND,
         FINAL_TRAIN_LOSS,
         TEST_LOSS,
+        TEST_ACCURACY,
         "diverged",
     ]
     return pd.concat(frames, ignore_index=True)[cols]
 
 
-def summary_sentence(table: pd.DataFrame) -> str:
-    """How many SAM settings per task sat at the SAM-edge, and GD at 2/eta, from the table."""
+# How the book names each experiment in prose.
+TASK_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "shakespeare": "tiny_shakespeare"}
+
+
+def _task_sentence(t: pd.DataFrame) -> str:
+    """One task's rows of ``summary_table`` in words: SAM against its band and 2/eta, the bias, GD."""
+    lo, hi = float(t[BAND_LOW].iloc[0]), float(t[BAND_HIGH].iloc[0])
+    v = ratio_verdict(t, (lo, hi))
+    n = int(t["seeds"].max())
+    name = TASK_NAMES.get(str(t["task"].iloc[0]), str(t["task"].iloc[0]))
     parts = []
+    if len(v["sam"]):
+        parts.append(
+            f"{v['inside']} of {len(v['sam'])} SAM radii within [{lo:g}, {hi:g}] of the SAM-edge (mean over {n} "
+            f"seed{'s' if n > 1 else ''}; ratios {v['low']:.4f} to {v['high']:.4f}), the sharpness at "
+            f"{v['of_gd_low']:.2f} to {v['of_gd_high']:.2f} x 2/eta"
+        )
+        parts.append(sam_bias_sentence(v, drift_note="the grid chapter analyses this drift"))
+    if v["gd"] is not None:
+        where = "at its edge" if v["gd_in_band"] else f"outside [{lo:g}, {hi:g}]"
+        parts.append(f"GD at {v['gd']:.4f} x 2/eta ({where})")
+    return f"**{name}**: " + "; ".join(parts) + "."
+
+
+def summary_sentence(table: pd.DataFrame) -> str:
+    """Per task, from the table: how many SAM radii sat at the SAM-edge and how far from 2/eta, the
+    offset's trend in rho, and where GD sat (one sentence per task, separated by blank lines)."""
+    return "\n\n".join(_task_sentence(table[table["task"] == task]) for task in dict.fromkeys(table["task"]))
+
+
+def verdict_glue(table: pd.DataFrame) -> Dict[str, str]:
+    """The numbers and sentences the intro's verdict box glues, keyed by name, from ``summary_table``:
+    per task ``<task>-sam`` (SAM's ratio range), ``<task>-gd``, ``<task>-in-band`` ("k of n" runs over
+    all seeds), ``<task>-of-gd`` (SAM's sharpness over 2/eta), ``<task>-bias`` (``sam_bias_sentence``),
+    ``<task>-test-accuracy`` (range over settings of the mean over seeds) and ``<task>-gd-where``."""
+    out: Dict[str, str] = {}
     for task in dict.fromkeys(table["task"]):
         t = table[table["task"] == task]
-        sam, gd = t[t["rho"] > 0], t[t["rho"] == 0]
-        n = int(t["seeds"].max())
-        s = (
-            f"{task}: {int(sam[IN_BAND].sum())} of {len(sam)} SAM radii within [{t[BAND_LOW].iloc[0]:g}, {t[BAND_HIGH].iloc[0]:g}] of the SAM-edge "
-            f"(mean over {n} seed{'s' if n > 1 else ''}; ratios {sam[MEDIAN_RATIO].min():.3f} to "
-            f"{sam[MEDIAN_RATIO].max():.3f})"
-            if len(sam)
-            else f"{task}"
+        lo, hi = float(t[BAND_LOW].iloc[0]), float(t[BAND_HIGH].iloc[0])
+        v = ratio_verdict(t, (lo, hi))
+        inside = sum(int(s.split(" of ")[0]) for s in t[SEEDS_IN_BAND])
+        runs = sum(int(s.split(" of ")[1]) for s in t[SEEDS_IN_BAND])
+        out[f"{task}-in-band"] = f"{inside} of {runs}"
+        out[f"{task}-band"] = f"[{lo:g}, {hi:g}]"
+        acc = t[TEST_ACCURACY]
+        out[f"{task}-test-accuracy"] = _span(acc.min(), acc.max(), ".0%")
+        if len(v["sam"]):
+            out[f"{task}-sam"] = _span(v["low"], v["high"], ".4f")
+            out[f"{task}-of-gd"] = _span(v["of_gd_low"], v["of_gd_high"], ".2f")
+            out[f"{task}-bias"] = sam_bias_sentence(v, drift_note="the grid chapter analyses this drift")
+        if v["gd"] is not None:
+            out[f"{task}-gd"] = f"{v['gd']:.4f}"
+            out[f"{task}-gd-where"] = (
+                f"inside its band {out[f'{task}-band']}"
+                if v["gd_in_band"]
+                else f"outside its band {out[f'{task}-band']}"
+            )
+    return out
+
+
+def read_markdown_table(path: str | Path, column: str) -> pd.DataFrame:
+    """The first pipe table of a committed Markdown results file (``benchmarks/*.md``) whose header
+    has a column named ``column``, as strings (the file's own rounding), one row per table row."""
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and column in cells:
+            rows = []
+            for body in lines[i + 2 :]:
+                if not body.lstrip().startswith("|"):
+                    break
+                rows.append([c.strip() for c in body.strip().strip("|").split("|")])
+            return pd.DataFrame(rows, columns=cells)
+    raise ValueError(f"no table with a column {column!r} in {path}")
+
+
+def run_links(task: str, params: Dict[str, object]) -> str:
+    """HTML: one line per run of a chapter (``params`` as ``presets.resolve_params`` gives them) with
+    links to its ``record.csv`` and ``config.json`` where the built site serves them (copied to
+    ``runs/<task>/<preset>/<run>/`` by book/_ext/samedge_provenance.py)."""
+    items = []
+    for r in planned_runs(task, dict(params)):
+        base = f"../runs/{task}/{params['preset']}/{r.name}"
+        what = "GD" if r.config.rho == 0 else f"SAM rho={r.config.rho:g}"
+        links = " · ".join(f'<a href="{html.escape(base)}/{f}" download>{f}</a>' for f in ("record.csv", "config.json"))
+        items.append(f"<li>{html.escape(what)}, seed {r.config.seed}: {links}</li>")
+    return '<ul class="samedge-run-links">' + "".join(items) + "</ul>"
+
+
+def report_sections(text: str) -> Dict[str, str]:
+    """A committed benchmark report (``benchmarks/RESULTS.md``) as the appendix shows it: its
+    ``## `` sections by title (numbering dropped), without the development targets the report
+    prints beside its numbers (paragraphs starting "Target", parentheticals "(target <= ...)")."""
+    text = text.split("<!-- report -->", 1)[-1]
+    out: Dict[str, str] = {"": ""}
+    title = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = re.sub(r"^\w+\.\s*", "", line[3:].strip())
+            out[title] = ""
+            continue
+        if line.startswith("Target"):
+            continue
+        line = re.sub(r"\s*\(target <= [^;)]*\)", "", line)
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            line = re.sub(r"(?<=\w)-(?=\w)", "\u2011", line)  # a table's hyphens do not break a line
+        line = re.sub(r"target <= [^;)]*;\s*", "", line)
+        line = re.sub(r";\s*target <= [^;)]*", "", line)
+        out[title] += line + "\n"
+    return {k: v.strip() + "\n" for k, v in out.items()}
+
+
+def model_description(task: str, options: Dict[str, object]) -> str:
+    """The network of ``task`` with these options, in words, with its number of parameters (counted
+    on the model the task builds)."""
+    o = get_task(task).resolve_options({k: v for k, v in options.items() if k in get_task(task).defaults})
+    n = sum(p.numel() for p in get_task(task).model(o).parameters())
+    if task == "mnist":
+        what = f"MLP, {o['depth']} hidden layers of {o['width']}"
+    elif task == "cifar10":
+        chans = ", ".join(str(o["base_channels"] * 2**i) for i in range(int(o["num_blocks"])))
+        what = f"CNN, {o['num_blocks']} blocks of {o['layers_per_block']} convolution, channels {chans}"
+    elif task == "shakespeare":
+        what = (
+            f"Transformer, {o['num_layers']} layers, {o['num_heads']} heads of size {o['key_size']}, "
+            f"model size {o['model_size']}"
         )
-        if len(gd):
-            g = gd.iloc[0]
-            s += f", GD at {float(g[MEDIAN_RATIO]):.3f} x 2/eta"
-            if g["seeds"] > 1:
-                s += f" (seeds {float(g[RATIO_MIN]):.3f} to {float(g[RATIO_MAX]):.3f})"
-        parts.append(s)
-    return "; ".join(parts) + "."
+    else:
+        what = task
+    return f"{what} ({n:,} parameters)"
 
 
-# The columns of samedge.analysis.seed_table a chapter's results table shows (rho, eta and
-# DIVERGED_AT are in the run name, 2/eta and the divergence note).
+def _data_description(task: str, p: Dict[str, object]) -> str:
+    if task == "shakespeare":
+        return f"random crops of {p['sequence_length']} characters"
+    return f"first {int(p['n_train']):,} training images"  # type: ignore[call-overload]
+
+
+def deviation_table(tasks: Sequence[str] = EXPERIMENTS, ours: str = "cpu", theirs: str = "paper") -> pd.DataFrame:
+    """Per task and setting, the authors' value (preset ``theirs``, with the authors' measurement and
+    wall-clock schedule) beside this book's (preset ``ours``), and whether they differ; read from the
+    preset files, the models' parameter counts computed."""
+    rows = []
+    for task in tasks:
+        a, b = load_preset(task, theirs), load_preset(task, ours)
+        pairs = {
+            "data": (_data_description(task, a), _data_description(task, b)),
+            "model": (model_description(task, a), model_description(task, b)),
+            "eta": (f"{a['eta']:g}", f"{b['eta']:g}"),
+            "rho (SAM)": tuple(", ".join(f"{r:g}" for r in p["rhos"] if r > 0) for p in (a, b)),
+            "batch": tuple(f"{p['batch_size']} crops" if p.get("batch_size") else "full batch" for p in (a, b)),
+            "steps": (
+                f"until a wall-clock limit ({theirs} preset: {a['steps']:,})",
+                f"{b['steps']:,}",
+            ),
+            "measurement": (
+                "central-difference HVPs, power iteration from a random vector",
+                f"exact HVPs, Lanczos warm-started, relative residual {DEFAULT_TOL:g}",
+            ),
+            "schedule": (
+                f"every so many hours of wall-clock time ({theirs} preset: every {a['measure_every']} steps)",
+                f"every {b['measure_every']} steps",
+            ),
+            "seeds": (
+                f"from the clock ({theirs} preset: {', '.join(map(str, a['seeds']))})",
+                ", ".join(map(str, b["seeds"])),
+            ),
+        }
+        for what, (theirs_v, ours_v) in pairs.items():
+            rows.append(
+                {
+                    "task": TASK_NAMES.get(task, task),
+                    "setting": what,
+                    "authors": theirs_v,
+                    "this book": ours_v,
+                    "differs": theirs_v != ours_v,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# The columns of samedge.analysis.seed_table a chapter's results table shows (rho and eta are in the
+# run name and the parameters; GD's median edge is 2/eta).
 RESULT_COLUMNS = [
     "run",
     "seeds",
-    TWO_OVER_ETA,
     MEDIAN_H,
     MEDIAN_EDGE,
     MEDIAN_RATIO,
@@ -147,29 +321,66 @@ RESULT_COLUMNS = [
 ]
 
 
-def _cell(v: object) -> str:
-    """One value as a table shows it: 4 significant digits, yes/no, a dash for a missing number."""
+def _significant(v: float, digits: int = 4) -> str:
+    """``digits`` significant digits, in fixed notation between 1e-3 and 1e6 (thousands separated)."""
+    if v == 0:
+        return "0"
+    if not 1e-3 <= abs(v) < 1e6:
+        return f"{v:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(v)))))
+    return f"{v:,.{decimals}f}"
+
+
+def _is_ratio(column: object) -> bool:
+    """Whether a column holds a ratio of sharpness to an edge (shown with 4 decimals): its name says
+    "ratio", or it is a "seed N" column of ``analysis.per_seed_ratios``."""
+    return "ratio" in str(column).lower() or re.fullmatch(r"seed \d+", str(column)) is not None
+
+
+def _span(low: float, high: float, fmt: str) -> str:
+    """'low to high' in ``fmt``, or one number when both print the same."""
+    a, b = format(low, fmt), format(high, fmt)
+    return a if a == b else f"{a} to {b}"
+
+
+def _cell(v: object, ratio: bool = False) -> str:
+    """One value as a table shows it: a ratio with 4 decimals, any other number with 4 significant
+    digits, an integer as is, yes/no, a dash for a missing number."""
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
         return f"{v:d}"
     if isinstance(v, (float, np.floating)):
-        return "–" if not np.isfinite(v) else f"{v:.4g}"
+        if not np.isfinite(v):
+            return "–"
+        return f"{v:.4f}" if ratio else _significant(float(v))
     return "–" if v is None else str(v)
+
+
+def _words(text: object) -> str:
+    """Text as HTML whose line breaks can fall only between words: each word in a no-wrap span."""
+    return " ".join(f'<span class="samedge-word">{html.escape(w)}</span>' for w in str(text).split())
 
 
 def table_styler(
     table: pd.DataFrame, columns: Optional[Sequence[str]] = None, table_id: Optional[str] = None
 ) -> Styler:
-    """A table as the book shows it: chosen ``columns`` (default all), no index, 4 significant digits."""
+    """A table as the book shows it: chosen ``columns`` (default all), no index, one rounding rule
+    per quantity (``_cell``), headers and text that break between words only, numbers never."""
     cols = [c for c in (columns or list(table.columns)) if c in table.columns]
     attrs = 'class="samedge-table"' + (f' id="{table_id}"' if table_id else "")
     text = [c for c in cols if pd.api.types.is_string_dtype(table[c])]  # labels left, numbers right (CSS)
+    numbers = [c for c in cols if c not in text]
+    styler = table[cols].style.hide(axis="index")
+    for c in cols:
+        if c in text:
+            styler = styler.format(lambda v: _words(_cell(v)), subset=[c])
+        else:
+            styler = styler.format(functools.partial(_cell, ratio=_is_ratio(c)), subset=[c])
     return (
-        table[cols]
-        .style.format(_cell)
-        .hide(axis="index")
+        styler.format_index(_words, axis=1)
         .set_properties(subset=text, **{"text-align": "left"})
+        .set_properties(subset=numbers, **{"white-space": "nowrap"})
         .set_table_attributes(attrs)
     )
 
@@ -188,9 +399,8 @@ def summary_styler(table: pd.DataFrame) -> Styler:
         SEEDS_IN_BAND,
         TEST_LOSS,
     ]
-    # Four decimals for the ratios: tests/browser/test_intro_numbers.py reads them back to 6e-5.
-    ratios = [MEDIAN_RATIO, RATIO_MIN, RATIO_MAX]
-    return table_styler(table, cols, table_id="samedge-summary").format("{:.4f}", subset=ratios)
+    # Ratios have four decimals (table_styler): tests/browser/test_intro_numbers.py reads them back to 6e-5.
+    return table_styler(table, cols, table_id="samedge-summary")
 
 
 def plot_summary(table: pd.DataFrame) -> Figure:

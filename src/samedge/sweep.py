@@ -423,8 +423,13 @@ class SweepRunner:
                     bar.set_postfix(failed=failed, refresh=False)
                     if progress:
                         tail = "" if o.status == "done" else f" FAILED: {o.error}"
+                        # Progress goes to stderr, like the bar: a notebook's stdout is what a built
+                        # book shows, and the book removes stderr (execute.stderr_output in _config.yml).
                         bar.write(
-                            f"[{count}/{len(self.runs)}] {o.run.name}" + (" (resumed)" if o.resumed_from else "") + tail
+                            f"[{count}/{len(self.runs)}] {o.run.name}"
+                            + (" (resumed)" if o.resumed_from else "")
+                            + tail,
+                            file=sys.stderr,
                         )
                 if not self.active:
                     break

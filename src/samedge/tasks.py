@@ -73,6 +73,10 @@ class Task:
         self.validate(options)
         return {**self.defaults, **options}
 
+    def model(self, options: dict) -> nn.Module:
+        """The task's network for these options (initialized from torch's global generator)."""
+        raise NotImplementedError
+
     def build(
         self,
         options: dict,
@@ -147,13 +151,18 @@ class MNISTTask(Task):
         super().validate(options)
         _check_split("MNIST", options, MNIST_TRAIN_SIZE, MNIST_TEST_SIZE)
 
+    def model(self, options: dict) -> nn.Module:
+        """The MLP: 784 inputs, ``depth`` hidden ReLU layers of ``width``, 10 outputs."""
+        o = self.resolve_options(options)
+        return MLP(784, o["width"], o["depth"], 10)
+
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load MNIST (see ``samedge.data.load_mnist``) and make the MLP."""
         from .data import load_mnist
 
         o = self.resolve_options(options)
         train, test = load_mnist(o["n_train"], o["n_test"], data_dir=data_dir)
-        return squared_loss_classification(MLP(784, o["width"], o["depth"], 10), train, test, batch_size, device, dtype)
+        return squared_loss_classification(self.model(options), train, test, batch_size, device, dtype)
 
 
 class CIFAR10Task(Task):
@@ -172,13 +181,18 @@ class CIFAR10Task(Task):
                 f"num_blocks must be <= 5 (each block halves the 32x32 image), got {options['num_blocks']}"
             )
 
+    def model(self, options: dict) -> nn.Module:
+        """The CNN on 32x32 RGB images, 10 classes."""
+        o = self.resolve_options(options)
+        return CNN(3, 32, o["num_blocks"], o["layers_per_block"], o["base_channels"], 10)
+
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load CIFAR-10 (see ``samedge.data.load_cifar10``) and make the CNN."""
         from .data import load_cifar10
 
         o = self.resolve_options(options)
         train, test = load_cifar10(o["n_train"], o["n_test"], data_dir=data_dir)
-        model = CNN(3, 32, o["num_blocks"], o["layers_per_block"], o["base_channels"], 10)
+        model = self.model(options)
         return squared_loss_classification(model, train, test, batch_size, device, dtype)
 
 
@@ -221,9 +235,18 @@ class ShakespeareTask(Task):
         "n_test_crops": 1024,
     }
 
+    def model(self, options: dict) -> nn.Module:
+        """The decoder-only Transformer over the ASCII vocabulary."""
+        from .data import VOCAB_SIZE
+
+        o = self.resolve_options(options)
+        return Transformer(
+            VOCAB_SIZE, o["sequence_length"], o["num_layers"], o["num_heads"], o["key_size"], o["model_size"]
+        )
+
     def build(self, options, batch_size, device, dtype, data_dir) -> TaskInstance:
         """Load the text (see ``samedge.data.load_shakespeare``) and make the Transformer."""
-        from .data import VOCAB_SIZE, load_shakespeare, random_crops
+        from .data import load_shakespeare, random_crops
 
         o = self.resolve_options(options)
         if batch_size is None:
@@ -231,8 +254,7 @@ class ShakespeareTask(Task):
         train, test = load_shakespeare(data_dir=data_dir)
         train, test = train.to(device), test.to(device)
         L = o["sequence_length"]
-        model = Transformer(VOCAB_SIZE, L, o["num_layers"], o["num_heads"], o["key_size"], o["model_size"])
-        model = model.to(device=device, dtype=dtype)
+        model = self.model(options).to(device=device, dtype=dtype)
         eval_batch = random_crops(test, o["eval_batch_size"], L, torch.Generator().manual_seed(EVAL_BATCH_SEED))
         test_x, test_y = random_crops(test, o["n_test_crops"], L, torch.Generator().manual_seed(TEST_CROPS_SEED))
         return TaskInstance(

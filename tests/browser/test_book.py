@@ -12,8 +12,12 @@ exception; the experiment pages show their results table and at least one figure
 chapter its figures; the derivation page has typeset math. What a reader sees is checked too:
 no table, code block, display equation or figure wider than the content column (nor scrolling
 inside it), no equation running under its number, every figure shown at >= 80% of its natural
-width or >= 600 px and inside a ``<figure>`` with a numbered caption, and no definition list
-left unparsed ("Term" + newline + ": text" in a paragraph). A full-page screenshot of each page
+width or >= 600 px and inside a ``<figure>`` with a numbered caption, no definition list
+left unparsed ("Term" + newline + ": text" in a paragraph), no raw TeX (a ``$`` or a backslash
+command) in the text outside typeset math and code, none of the project's internal words
+(``INTERNAL_WORDS``), no table header or number broken inside a word (each word's
+``Range.getClientRects()`` on one line), a provenance footer on every page, and on every experiment
+page links to its runs' ``record.csv`` and ``config.json`` that the site serves. A full-page screenshot of each page
 and ``report.json`` go to ``_build/browser-artifacts/``.
 
 The site is served on 127.0.0.1 from a thread, and every request that does not go to it is
@@ -24,8 +28,9 @@ loading MathJax from the network.
 
 ``test_the_checks_catch_breakage`` shows the checks can fail: on a temporary copy of the site
 with an image file deleted, an equation broken, MathJax withheld, and on the quadratic chapter a
-figure shrunk, a caption removed, a wide table, a long equation and an unparsed definition list
-injected, they report each problem.
+figure shrunk, a caption removed, a wide table, a long equation, an unparsed definition list, raw
+TeX, an internal phrase and a table whose header and number break inside a word injected, they
+report each problem.
 
 Environment: ``SAMEDGE_BOOK_HTML`` (default ``_build/html``), ``SAMEDGE_BROWSER_ARTIFACTS``
 (default ``_build/browser-artifacts``), ``SAMEDGE_CHROMIUM`` (default ``/usr/bin/chromium``).
@@ -73,6 +78,18 @@ MIN_FIGURE_PX = 600  # a figure shown narrower than this must be shown at >= 80%
 MATH_PAGES = {"book/derivation.html"}  # must contain typeset math
 FIGURE_PAGES = {"book/quadratic.html"}  # must contain figures (besides the experiment pages)
 RESULTS_HEADER = "median ratio"  # a column of samedge.analysis.ratio_table
+# Words of the project's own process that a reader must not meet (lower case).
+INTERNAL_WORDS = (
+    "the issue's target",
+    "issue's target",
+    "issue tracker",
+    "first version of the book",
+    "column eval_ratio",
+    "target was",
+    "target <=",
+)
+PROVENANCE = ("commit", "preset", "torch")  # what the footer of every page says
+SPHINX_PAGES = {"genindex.html", "search.html"}  # Sphinx's own pages: no footer
 
 
 def mathjax_dir() -> Optional[Path]:
@@ -90,6 +107,13 @@ def experiment_pages() -> set:
     """Pages built from experiment notebooks: those whose parameters include ``preset``."""
     return {
         f"book/{name}.html" for name, path in discover(ROOT / "book").items() if "preset" in declared_parameters(path)
+    }
+
+
+def run_pages() -> set:
+    """Pages of chapters that run their experiment with ``run_experiment``: they link its run records."""
+    return {
+        f"book/{name}.html" for name, path in discover(ROOT / "book").items() if "run_experiment(" in path.read_text()
     }
 
 
@@ -210,7 +234,36 @@ INSPECT = """() => {
   const terms = Array.from(col.querySelectorAll('p')).map(p => p.textContent)
       .filter(t => /(^|\\n)[^\\n]+\\n\\s*:\\s/.test(t)).map(t => t.trim().replace(/\\s+/g, ' ').slice(0, 60));
   const mathjaxSrc = Array.from(document.querySelectorAll('script[src*="mathjax"]')).map(e => e.src);
-  return {imgs, mathCount: math.length, wide, underNumber, figures, terms, mathjaxSrc, column: colRight - colLeft, typeset: document.querySelectorAll('mjx-container').length, untypeset,
+  // Raw TeX a reader would see: a dollar sign or a backslash command in the text outside typeset
+  // math and code (generated Markdown printed as CommonMark leaves "$\\rho = 0.02$" raw).
+  const prose = clone.textContent;
+  const rawTex = [];
+  const texRe = /\\$[^$\\n]{0,40}|\\\\[A-Za-z|{]+/g;
+  let t;
+  while ((t = texRe.exec(prose)) && rawTex.length < 5) rawTex.push(prose.slice(Math.max(0, t.index - 20), t.index + 30).replace(/\\s+/g, ' '));
+  // Headers, and numbers in cells, must not break inside a word: each word's range has its
+  // client rectangles on one line.
+  const brokenWords = [];
+  col.querySelectorAll('table th, table td').forEach(cell => {
+    const header = cell.tagName === 'TH';
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode())) {
+      const wordRe = /\\S+/g;
+      let m;
+      while ((m = wordRe.exec(node.data))) {
+        if (!header && !/\\d/.test(m[0])) continue;
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const tops = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (tops.size > 1) brokenWords.push((header ? 'header ' : 'cell ') + m[0]);
+      }
+    }
+  });
+  const provenance = (document.querySelector('.samedge-provenance') || {}).textContent || '';
+  const runLinks = Array.from(col.querySelectorAll('a[href$="record.csv"], a[href$="config.json"]')).map(a => a.href);
+  return {rawTex, brokenWords, provenance, runLinks, proseText: prose.toLowerCase(), imgs, mathCount: math.length, wide, underNumber, figures, terms, mathjaxSrc, column: colRight - colLeft, typeset: document.querySelectorAll('mjx-container').length, untypeset,
           errors, undefinedMacros, rawDollars: clone.textContent.includes('$$'), tables: headers,
           hasMathJax: !!document.querySelector('script[src*="mathjax"]')};
 }"""
@@ -328,6 +381,25 @@ def check_page(
     uncaptioned = [f["src"] for f in info["figures"] if not (f["caption"] and f["numbered"])]
     if uncaptioned:
         report.problems.append(f"figures without a numbered caption: {uncaptioned[:4]}")
+    if info["rawTex"]:
+        report.problems.append(f"raw TeX outside typeset math: {info['rawTex'][:3]}")
+    internal = [w for w in INTERNAL_WORDS if w in info["proseText"]]
+    if internal:
+        report.problems.append(f"internal words in the text: {internal}")
+    if info["brokenWords"]:
+        report.problems.append(f"table words broken across lines: {info['brokenWords'][:5]}")
+    if page_path not in SPHINX_PAGES and not all(w in info["provenance"] for w in PROVENANCE):
+        report.problems.append(f"no provenance footer (commit, preset, torch): {info['provenance']!r}")
+    if page_path in run_pages():
+        if not any(u.endswith("record.csv") for u in info["runLinks"]):
+            report.problems.append("no links to the runs' record.csv")
+        for url in info["runLinks"][:2]:
+            try:
+                with urlopen(url, timeout=30) as r:
+                    if r.status != 200:
+                        report.problems.append(f"run record link {url}: HTTP {r.status}")
+            except Exception as err:  # a 404 raises
+                report.problems.append(f"run record link {url}: {err}")
     if info["terms"]:
         report.problems.append(f"unparsed definition lists ('Term : text' paragraphs): {info['terms'][:3]}")
     remote = [u for u in info["mathjaxSrc"] if urlparse(u).netloc != host]
@@ -405,6 +477,11 @@ def _break_reading(page: Path) -> None:
         + "\\]</div>"
     )
     term = "<p>Exact Hessian-vector products\n: an unparsed definition list</p>"
+    term += "<p>At $\\rho = 0.02$ the issue's target was met.</p>"
+    term += (
+        '<table class="samedge-table"><tr><th style="width: 3em; max-width: 3em; overflow-wrap: anywhere">'
+        'accuracy</th></tr><tr><td style="width: 3em; max-width: 3em; overflow-wrap: anywhere">8.7e-04</td></tr></table>'
+    )
     marker = '<section id="'
     at = text.index(marker, text.index(marker) + 1)  # before the page's second section
     page.write_text(text[:at] + wide + long_eq + term + text[at:])
@@ -435,4 +512,8 @@ def test_the_checks_catch_breakage(site, tmp_path):
     assert "a wide table cell" in found and "(99)" in found, reading.problems  # the table; the equation
     assert "figures shown below 80%" in found and "figures without a numbered caption" in found, reading.problems
     assert "unparsed definition lists" in found, reading.problems
+    assert "raw TeX outside typeset math" in found and "\\rho" in found, reading.problems
+    assert "internal words" in found and "the issue's target" in found, reading.problems
+    assert "table words broken across lines" in found and "header accuracy" in found, reading.problems
+    assert "cell 8.7e-04" in found, reading.problems
     assert intact.problems == [], intact.problems  # the page that was not broken still passes
