@@ -99,7 +99,7 @@ def test_mnist_section_reads_the_results_file(monkeypatch, tmp_path):
     """The section glues every name its text uses; its table holds the second-half medians per rho."""
     code, text = _section(ROOT / "book" / "mnist.ipynb")
     glued, shown = _run_section(code, ROOT / "book", monkeypatch, tmp_path)
-    used = set(re.findall(r"\{glue:text\}`([^`]+)`", text)) | set(re.findall(r"```\{glue:figure\} (\S+)", text))
+    used = set(re.findall(r"\{glue:(?:text|md)\}`([^`]+)`", text)) | set(re.findall(r"```\{glue:figure\} (\S+)", text))
     assert {u for u in used if u.startswith("mnist-authors")} <= set(glued)
     df, meta = _results()
     table = shown[0]
@@ -118,7 +118,7 @@ def test_mnist_section_without_the_file_says_how_to_make_it(monkeypatch, tmp_pat
     glued, shown = _run_section(code, tmp_path, monkeypatch, tmp_path)
     assert "git clone https://github.com/google-deepmind/sam_edge" in shown[0].data
     assert "benchmarks/authors_method.py" in shown[0].data
-    used = set(re.findall(r"\{glue:text\}`(mnist-authors[^`]+)`", text))
+    used = set(re.findall(r"\{glue:(?:text|md)\}`(mnist-authors[^`]+)`", text))
     assert used <= set(glued)
 
 
