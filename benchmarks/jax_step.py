@@ -20,43 +20,21 @@ and the data are copied from our torch tensors.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from authors import jax_missing  # noqa: E402  (shared with authors_method.py)
+from authors import match_threads as _match_threads  # noqa: E402
+
 EPSILON = 1e-5  # the authors' sam_edge.EPSILON
 
 __all__ = ["jax_missing", "authors_step", "compare", "EPSILON"]
-
-
-def jax_missing() -> Optional[str]:
-    """None when jax can be imported, else a one-line message saying how to get it."""
-    if importlib.util.find_spec("jax") is None:
-        return (
-            "jax is not installed: skipped. To run it: `pip install --target /path/to/jax-site --no-deps jax jaxlib "
-            "ml_dtypes opt_einsum` and put /path/to/jax-site on PYTHONPATH (jax stays out of requirements.txt)"
-        )
-    return None
-
-
-def _match_threads() -> str:
-    """Give XLA the cores torch uses, before jax starts: at one torch thread the process is
-    pinned to one core (jax 0.10's CPU runtime still ran two threads under the old XLA_FLAGS
-    recipe, ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``: its CPU
-    time was twice its wall time)."""
-    threads = torch.get_num_threads()
-    if threads == 1 and hasattr(os, "sched_setaffinity"):
-        cores = os.sched_getaffinity(0)
-        if len(cores) > 1:
-            os.sched_setaffinity(0, {min(cores)})
-        return "process pinned to one core"
-    flags = os.environ.get("XLA_FLAGS", "")
-    return f"XLA_FLAGS='{flags}'" if flags else "XLA default threads (all cores)"
 
 
 def _jax_mlp_loss(jnp) -> Callable:
