@@ -19,6 +19,8 @@ from samedge.hessian import (
     WARM_RISK,
     FiniteDifferenceHessianOperator,
     HessianOperator,
+    _start_vector,
+    cold_log_bound,
     guarded_start,
     lanczos,
     miss_bound,
@@ -446,6 +448,61 @@ def test_warm_log_bound_is_a_probability_bound():
     with pytest.raises(ValueError, match="warm_risk"):
         warm_log_bound(n, 1.0, 1.5)
     assert 0 < WARM_RISK < 1 and WARM_GAP > 0
+
+
+def _crowded_spectrum(n: int, crowd: int, below: float = 0.9, seed: int = 3) -> torch.Tensor:
+    """Top eigenvalue 1, then ``crowd`` eigenvalues within 1e-3 of ``below`` (the crowded top of a
+    network's spectrum, 10% down), then a bulk piled up near zero; in descending order."""
+    gen = torch.Generator().manual_seed(seed)
+    crowded = below * (1 - 1e-3 * torch.rand(crowd, generator=gen, dtype=F64))
+    bulk = (0.9 * torch.rand(n - 1 - crowd, generator=gen, dtype=F64) ** 4 - 0.05) * below
+    return torch.cat([torch.tensor([1.0], dtype=F64), crowded, bulk]).sort(descending=True).values
+
+
+def test_cold_start_is_certified_whatever_the_tolerance():
+    """Cold starts at a loose tol (7e-3) on a spectrum whose top eigenvalue 1 stands 10% above a
+    crowd of 10000 (n = 100000): with the residual test alone ``converged=True`` comes back on the
+    crowd (0.9) in several of 15 seeds; with the certificate, which cold starts now carry, never,
+    and every result says what it certifies. At the default tol the certificate changes nothing."""
+    lam = _crowded_spectrum(100_000, 10_000)
+    fooled = 0
+    for seed in range(15):
+        plain = sharpness(DiagonalOperator(lam), tol=7e-3, seed=seed, warm_gap=None)
+        assert plain.certificate is None
+        fooled += plain.converged and plain.op_norm < 0.91
+        s = sharpness(DiagonalOperator(lam), tol=7e-3, seed=seed)
+        assert s.converged and s.certificate == (WARM_GAP, WARM_RISK)
+        assert s.op_norm == pytest.approx(1.0, rel=7e-3), seed
+    assert fooled >= 5
+    lam = _crowded_spectrum(10_000, 1_000)
+    for seed in range(5):
+        plain = sharpness(DiagonalOperator(lam), seed=seed, warm_gap=None)
+        s = sharpness(DiagonalOperator(lam), seed=seed)
+        assert (s.num_hvps, s.op_norm, s.converged) == (plain.num_hvps, plain.op_norm, plain.converged)
+
+
+def test_cold_log_bound_is_a_probability_bound():
+    """For a uniformly random unit start q_1 and any fixed unit u, <u, q_1>^2 ~ Beta(1/2, (n-1)/2):
+    the exact P(|<u, q_1>| <= exp(cold_log_bound)) (scipy's regularized incomplete beta) is at most
+    the risk for n from 2 to 10^7, and within 1% of it for large n (the bound is tight). The cold
+    start vector is that distribution: 8000 seeded starts at n = 200 hit the interval as often as
+    the exact probability says (within 4 standard errors)."""
+    betainc = pytest.importorskip("scipy.special").betainc
+    for risk in (1e-2, 0.05):
+        for n in (2, 3, 10, 200, 10**5, 10**7):
+            c = math.exp(cold_log_bound(n, risk))
+            p = float(betainc(0.5, (n - 1) / 2, c**2))
+            assert p <= risk and (n < 100 or p >= 0.99 * risk), (n, risk, p)
+    n, risk = 200, 0.05
+    c = math.exp(cold_log_bound(n, risk))
+    exact = float(betainc(0.5, (n - 1) / 2, c**2))
+    starts = torch.stack([_start_vector(n, None, F64, "cpu", seed) for seed in range(8000)])
+    u = randn(n, 11)
+    for v in (torch.eye(n, dtype=F64)[0], u / torch.linalg.vector_norm(u)):
+        hit = float(((starts @ v).abs() <= c).double().mean())
+        assert abs(hit - exact) <= 4 * math.sqrt(exact * (1 - exact) / 8000), (hit, exact)
+    with pytest.raises(ValueError, match="risk"):
+        cold_log_bound(n, 0.0)
 
 
 def test_guarded_start_is_half_previous_eigenvector_half_random():

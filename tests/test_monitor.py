@@ -459,3 +459,27 @@ def test_measurements_do_not_consume_the_global_rng(train_mode):
     mon.measure()
     mon.measure()
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_forward_over_reverse_and_train_mode_batchnorm():
+    """torch.func cannot differentiate train-mode BatchNorm (an in-place running-statistics
+    update): the raw operator raises at its first HVP, so EdgeMonitor refuses the pair when it is
+    built and names the fix; in eval mode forward-over-reverse measures what double backward does.
+    (The loss is samedge's squared_loss: nn.MSELoss has no forward-over-reverse HVP in torch 2.14.)"""
+    from samedge.hessian import HessianOperator
+    from samedge.losses import module_loss, parameters_of, squared_loss
+
+    model, (x, y) = tiny(bn=True), data()
+    model.train()
+    op = HessianOperator(module_loss(model, squared_loss, x, y), parameters_of(model), "forward_over_reverse")
+    with pytest.raises(RuntimeError, match="in-place"):
+        op(torch.ones(op.size, dtype=F64))
+    model = tiny(bn=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="double_backward"):
+        EdgeMonitor(model, squared_loss, (x, y), opt, train_mode=True, hvp_method="forward_over_reverse")
+    rows = [
+        EdgeMonitor(model, squared_loss, (x, y), opt, train_mode=False, hvp_method=m, tol=1e-10).measure()
+        for m in ("double_backward", "forward_over_reverse")
+    ]
+    assert rows[1]["op_norm"] == pytest.approx(rows[0]["op_norm"], rel=1e-8)

@@ -84,6 +84,12 @@ __all__ = [
     "accounts_table",
     "drift_table",
     "drift_sentence",
+    "EDGE_NAMES",
+    "LOSS_NOTE",
+    "RULE",
+    "edge_name",
+    "loss_note",
+    "unique_labels",
 ]
 
 # A run's record or a monitor's: both have frame, label, steps, eta, rho, seed, rule, diverged_at.
@@ -94,7 +100,8 @@ AnyRecord = Union[RunRecord, MonitorRecord]
 # Short, so that a table's headers wrap between words only; "over the second half of training" is
 # said by every table's caption or the text above it.
 MEDIAN_H = "median ||H||"
-MEDIAN_EDGE = "median edge"
+MEDIAN_EDGE = "median edge"  # each run's own edge: its "rule" column says which
+RULE = "rule"
 MEDIAN_RATIO = "median ratio"
 RATIO_MIN = "ratio min"
 RATIO_MAX = "ratio max"
@@ -136,10 +143,63 @@ def run_label(rec: AnyRecord) -> str:
     return rec.label
 
 
-def ratio_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFrame:
-    """Per run: median sharpness/SAM-edge over the second half of training, and context.
+def unique_labels(records: Sequence[AnyRecord]) -> List[str]:
+    """The runs' labels, a repeated one suffixed by its occurrence ('SGD', 'SGD #2'), so that a
+    legend or table keeps one entry per run."""
+    labels = [run_label(r) for r in records]
+    seen: dict = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
 
-    ``column="eval_ratio"`` reports the fixed evaluation batch instead (its ||H|| and SAM-edge too)."""
+
+# What a record's edge column holds, in words, by update rule (``samedge.edge.RULES``, and "user"
+# for an ``EdgeMonitor(edge=...)``); plain text, for tables and sentences (``plots.EDGE_LABELS``
+# has the same in mathtext).
+EDGE_NAMES = {
+    "gd": "2/eta",
+    "momentum": "2(1+beta)/eta",
+    "sgd": "the SGD edge",
+    "sam": "the SAM-edge",
+    "usam": "the unnormalized-SAM edge",
+    "sam_sgd": "the SAM-over-SGD edge",
+    "adam": "the Adam edge",
+    "adamw": "the AdamW edge",
+    "rmsprop": "the RMSprop edge",
+    "user": "your edge",
+}
+
+
+def edge_name(rule: Optional[str]) -> str:
+    """The edge of an update rule in words ('2/eta', 'the SAM-edge', ...); 'no edge' for None."""
+    if rule is None:
+        return "no edge"
+    return EDGE_NAMES.get(rule, f"the {rule} edge")
+
+
+# The loss convention of the paper's squared-loss tasks (10 classes), for the figures' notes.
+LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
+
+
+def loss_note(rec: AnyRecord) -> Optional[str]:
+    """The note on the loss a figure of ``rec`` carries: ``LOSS_NOTE`` for a run of a squared-loss
+    task, None otherwise; a monitor's record holds the user's loss, which samedge does not know
+    (None: pass your own note)."""
+    if isinstance(rec, RunRecord):
+        from .tasks import get_task
+
+        return LOSS_NOTE if get_task(rec.config.task).loss_name == "squared" else None
+    return None
+
+
+def ratio_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFrame:
+    """Per run: median sharpness / its own edge over the second half of training, and context.
+
+    The edge is the run's (``RULE`` column: 'gd' for 2/eta, 'sam' for the SAM-edge, 'momentum',
+    'adam', ...; ``MEDIAN_EDGE`` its median). ``column="eval_ratio"`` reports the fixed
+    evaluation batch instead (its ||H|| and edge too)."""
     if column not in SHARPNESS_AND_EDGE:
         raise ValueError(f"column must be one of {sorted(SHARPNESS_AND_EDGE)}, got {column!r}")
     rows = []
@@ -151,6 +211,7 @@ def ratio_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFra
         rows.append(
             {
                 "run": run_label(r),
+                RULE: r.rule,
                 "rho": r.rho,
                 "eta": r.eta,
                 "seed": r.seed,
@@ -191,7 +252,7 @@ def seed_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFram
     rows = []
     for (label, rho, eta), g in per_run.groupby(["run", "rho", "eta"], sort=False):
         r = g[MEDIAN_RATIO]
-        row = {"run": label, "rho": rho, "eta": eta, TWO_OVER_ETA: 2 / eta, "seeds": int(len(g))}
+        row = {"run": label, RULE: g[RULE].iloc[0], "rho": rho, "eta": eta, TWO_OVER_ETA: 2 / eta, "seeds": int(len(g))}
         row.update({c: float(g[c].mean()) for c in _MEANS})
         row.update(
             {
@@ -222,8 +283,10 @@ def ratio_verdict(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND)
     ratio strictly increasing with rho), ``gd`` (GD's ratio or None) and ``gd_in_band``."""
     lo, hi = band
     ok = table[~table["diverged"]]
-    sam = ok[ok["rho"] > 0].sort_values("rho", kind="stable")
-    gd = ok[ok["rho"] == 0]
+    # By rule where the table has one (a monitor's records); else the paper's runs: rho > 0 is SAM.
+    rule = ok[RULE] if RULE in ok else pd.Series(["sam" if x > 0 else "gd" for x in ok["rho"]], index=ok.index)
+    sam = ok[rule.isin(["sam", "usam"])].sort_values("rho", kind="stable")
+    gd = ok[rule == "gd"]
     r = sam[MEDIAN_RATIO].to_numpy(dtype=float)
     of_gd = (sam[MEDIAN_H] / sam[TWO_OVER_ETA]).to_numpy(dtype=float)
     per_rho = sam.groupby("rho", sort=True)[MEDIAN_RATIO].mean().to_numpy(dtype=float)
@@ -240,7 +303,9 @@ def ratio_verdict(table: pd.DataFrame, band: Tuple[float, float] = DEFAULT_BAND)
         "below": bool(len(r)) and bool((r < 1).all()),
         "rising": len(per_rho) >= 2 and bool((per_rho[1:] > per_rho[:-1]).all()),
         "gd": gd_ratio,
+        "gd_row": gd.iloc[0] if len(gd) else None,
         "gd_in_band": gd_ratio is not None and lo <= gd_ratio <= hi,
+        "other": ok[~rule.isin(["sam", "usam", "gd"])],
     }
 
 
@@ -292,7 +357,7 @@ def interpret_ratios(
     parts: List[str] = []
     bad = table[table["diverged"]]
     v = ratio_verdict(table, band)
-    sam = v["sam"]
+    sam, other = v["sam"], v["other"]
 
     def spread(t: pd.DataFrame) -> str:
         if not seeds:
@@ -322,7 +387,7 @@ def interpret_ratios(
             where = "where it falls outside, the sharpness did not settle at the SAM-edge"
         parts.append(f"{head}: {where}; {sam_bias_sentence(v, drift_note)}")
     if v["gd"] is not None:
-        g = table[(table["rho"] == 0) & ~table["diverged"]].iloc[0]
+        g = v["gd_row"]
         extra = f", seeds {g[RATIO_MIN]:.4f} to {g[RATIO_MAX]:.4f}" if seeds and g["seeds"] > 1 else ""
         parts.append(
             f"GD's sharpness settles at {v['gd']:.4f} x 2/eta{extra}"
@@ -331,6 +396,16 @@ def interpret_ratios(
                 if v["gd_in_band"]
                 else f": outside [{lo:g}, {hi:g}], not at its edge of stability here"
             )
+        )
+    for _, o in other.iterrows():
+        ratio = float(o[MEDIAN_RATIO])
+        if o.get(RULE) is None or ratio != ratio:
+            parts.append(f"{o['run']} has no known edge, so no ratio")
+            continue
+        where = "inside" if lo <= ratio <= hi else "outside"
+        parts.append(
+            f"{o['run']}: the median of its sharpness over {edge_name(o[RULE])} over the "
+            f"second half is {ratio:.3f}, {where} [{lo:g}, {hi:g}]"
         )
     for _, b in bad.iterrows():
         which = f" (the earliest of {int(b[RUNS_DIVERGED])} of its {int(b['seeds'])} seeds to diverge)" if seeds else ""

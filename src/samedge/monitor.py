@@ -151,6 +151,13 @@ class EdgeMonitor:
         self.model, self.loss_fn, self.data, self.optimizer = model, loss_fn, data, optimizer
         self.every, self.eval_data, self.tol, self.max_iter, self.seed = every, eval_data, tol, max_iter, seed
         self.train_mode, self.hvp_method, self.kernels = train_mode, hvp_method, check_kernels(kernels)
+        batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if train_mode and batchnorm and hvp_method == "forward_over_reverse":
+            raise ValueError(
+                "hvp_method='forward_over_reverse' cannot differentiate train-mode BatchNorm (torch.func refuses its "
+                "in-place running-statistics update): use hvp_method='double_backward' (the default, also the cheaper) "
+                "or train_mode=False"
+            )
         self.t = 0  # optimizer steps seen
         self.rows: List[Dict[str, Any]] = []
         self.diverged_at: Optional[int] = None

@@ -21,7 +21,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .analysis import ACCOUNT_FORMULA_AT_ACCOUNTS, ACCOUNTS, AnyRecord, run_label, setting_table
+from .analysis import (
+    ACCOUNT_FORMULA_AT_ACCOUNTS,
+    ACCOUNTS,
+    LOSS_NOTE,
+    AnyRecord,
+    loss_note,
+    setting_table,
+    unique_labels,
+)
 from .columns import (
     ALIGN_GRAD,
     ALIGN_SAM_GRAD,
@@ -48,19 +56,27 @@ __all__ = [
     "book_style",
     "transient_ylim",
     "LOSS_NOTE",
+    "EDGE_LABELS",
+    "edge_label",
     "WIDTH",
     "TRANSIENT",
 ]
 
-# What the edge column holds, by update rule (samedge.edge.edge).
+# What the edge column holds, by update rule (samedge.edge.edge; "user": EdgeMonitor(edge=...)).
 EDGE_LABELS = {
     "gd": "$2/\\eta$",
     "momentum": "$2(1+\\beta)/\\eta$",
+    "sgd": "SGD edge",
     "sam": "SAM-edge",
     "usam": "unnormalized-SAM edge",
+    "sam_sgd": "SAM-over-SGD edge",
+    "adam": "Adam edge",
+    "adamw": "AdamW edge",
+    "rmsprop": "RMSprop edge",
     "user": "your edge",
 }
-LOSS_NOTE = "squared loss = mean over examples and classes; Cohen et al.'s 0.5*sum is 5x larger"
+# The curve of each kind of sharpness a record holds (MonitorRecord.meta["sharpness"]).
+SHARPNESS_LABELS = {"||H||_op": "$\\|H\\|_{op}$", "lambda_max(P^-1 H)": "$\\lambda_{max}(P^{-1}H)$"}
 WIDTH = 7.2  # inches: the book's content column at 100 dpi, so figures are not scaled down
 PANEL_HEIGHT = 2.9  # inches per row of panels
 TRANSIENT = 0.1  # zoomed views fit their y-range to the steps after this fraction of training
@@ -159,40 +175,83 @@ def _mark_divergence(ax: Axes, rec: AnyRecord) -> None:
         )
 
 
+def edge_label(rule: Optional[str]) -> str:
+    """The legend entry of a rule's edge (``EDGE_LABELS``; the rule's name for an unknown one)."""
+    return EDGE_LABELS.get(rule or "", f"{rule} edge")
+
+
+def _sharpness_kind(rec: AnyRecord) -> str:
+    """'||H||_op', or a monitor's 'lambda_max(P^-1 H)' (Adam, AdamW, RMSprop)."""
+    meta = getattr(rec, "meta", None)
+    return str(meta.get("sharpness", "||H||_op")) if meta is not None else "||H||_op"
+
+
+def _edges_in_words(recs: Sequence[AnyRecord]) -> str:
+    """'the SAM-edge' when every run has that edge, else "each run's own edge"."""
+    rules = {r.rule for r in recs}
+    if len(rules) == 1 and None not in rules:
+        rule = rules.pop()
+        return edge_label(rule) if rule in ("gd", "momentum") else f"the {edge_label(rule)}"
+    return "each run's own edge"
+
+
+def _with_note(title: str, recs: Sequence[AnyRecord], note: Optional[str]) -> str:
+    """``title`` and, on a second line, the loss note: ``note`` if given, else the records' own
+    (``analysis.loss_note``) when they all share one; a monitor's record has none."""
+    if note is None:
+        notes = {loss_note(r) for r in recs}
+        note = notes.pop() if len(notes) == 1 else None
+    return f"{title}\n({note})" if note else title
+
+
 def plot_sharpness(
     records: AnyRecord | Sequence[AnyRecord],
     column: str = OP_NORM,
     title: Optional[str] = None,
     edge_column: Optional[str] = None,
-    show_gd_edge: bool = True,
+    show_gd_edge: Optional[bool] = None,
+    note: Optional[str] = None,
 ) -> Figure:
-    """||H||_op, the SAM-edge and 2/eta over training steps, one panel per run.
+    """The sharpness and the edge the run was compared with over training steps, one panel per run.
 
-    ``column`` picks the sharpness (``"eval_op_norm"``: on the fixed evaluation batch) and
-    ``edge_column`` its edge (default: ``eval_edge`` for ``eval_*`` columns, else ``edge``).
-    The y-range fits the curves after the first ``TRANSIENT`` of training (and 2/eta when shown);
-    a panel whose early values lie above it says so."""
+    The edge is the record's own edge column (``edge_column``; default ``eval_edge`` for
+    ``eval_*`` columns, else ``edge``), labelled by its rule (``EDGE_LABELS``: 2/eta for GD,
+    2(1+beta)/eta for momentum, the SAM-edge, the Adam edge, ...). ``show_gd_edge=True`` also
+    draws 2/eta (dashed) for runs of another rule; by default only GD's edge is 2/eta. The
+    sharpness is ||H||_op, or lambda_max(P^-1 H) for a monitor of Adam, AdamW or RMSprop. The
+    default title names the edge and carries the records' loss note (``note`` overrides it).
+    The y-range fits the curves after the first ``TRANSIENT`` of training; a panel whose early
+    values lie above it says so."""
     recs = _as_list(records)
     if edge_column is None:
         edge_column = dict(SHARPNESS_AND_EDGE.values()).get(column, EDGE)
-    label = {OP_NORM: "$\\|H\\|_{op}$", EVAL_OP_NORM: "$\\|H\\|_{op}$ (eval batch)"}.get(column, column)
+    names = unique_labels(recs)
     with book_style():
         fig, axes, free = panel_grid(len(recs))
-        for ax, r in zip(axes, recs):
+        for ax, r, run in zip(axes, recs, names):
             df = r.frame
             series = []
+            drew_gd = False
             if not df.empty:
+                label = SHARPNESS_LABELS.get(_sharpness_kind(r), _sharpness_kind(r))
+                if column == EVAL_OP_NORM:
+                    label += " (eval batch)"
+                elif column != OP_NORM:
+                    label = column
                 ax.plot(df[STEP], df[column], color="C0", lw=1.5, label=label)
                 series.append((df[STEP], df[column]))
-                if r.rule not in ("gd", None):  # the edge the run was compared with, if not 2/eta
-                    ax.plot(df[STEP], df[edge_column], color="C1", lw=1.2, label=EDGE_LABELS[r.rule])
+                if r.rule is not None and edge_column in df:  # the edge the run was compared with
+                    gd = r.rule == "gd"
+                    style = dict(color="k", ls="--", lw=1) if gd else dict(color="C1", lw=1.2)
+                    ax.plot(df[STEP], df[edge_column], label=edge_label(r.rule), **style)
                     series.append((df[STEP], df[edge_column]))
-            gd = 2 / r.eta
-            if (show_gd_edge or r.rule == "gd") and gd == gd:
-                ax.axhline(gd, color="k", ls="--", lw=1, label="$2/\\eta$")
-                series.append((np.array([r.steps]), np.array([gd])))
-            lim = transient_ylim(series, r.steps, floor=0.0 if show_gd_edge else None)
-            name = f"{run_label(r)}, $\\eta$={r.eta:g}"
+                    drew_gd = gd
+            two_over_eta = 2 / r.eta
+            if show_gd_edge and not drew_gd and two_over_eta == two_over_eta:
+                ax.axhline(two_over_eta, color="k", ls="--", lw=1, label=EDGE_LABELS["gd"])
+                series.append((np.array([r.steps]), np.array([two_over_eta])))
+            lim = transient_ylim(series, r.steps, floor=0.0 if show_gd_edge or drew_gd else None)
+            name = f"{run}, $\\eta$={r.eta:g}"
             if lim is not None:
                 ax.set_ylim(lim[0], lim[1])
                 if lim[2] > lim[1]:  # the initial transient is off the top: say how far
@@ -203,7 +262,7 @@ def plot_sharpness(
             ax.grid(alpha=0.3)
             _mark_divergence(ax, r)
         shared_legend(fig, axes, free)
-        fig.suptitle(title or f"Sharpness vs the SAM-edge\n({LOSS_NOTE})")
+        fig.suptitle(title or _with_note(f"Sharpness against {_edges_in_words(recs)}", recs, note))
     return fig
 
 
@@ -226,15 +285,16 @@ def plot_sam_edge_only(records: AnyRecord | Sequence[AnyRecord], column: str = O
 
 
 def _line_per_run(ax, recs: Sequence[AnyRecord], column: str) -> None:
-    """One curve of ``column`` over steps per run, in the runs' colours, labelled by run."""
-    for i, r in enumerate(recs):
+    """One curve of ``column`` over steps per run, in the runs' colours, labelled by run (a
+    repeated label suffixed '#2', '#3', so every run keeps its legend entry)."""
+    for i, (r, name) in enumerate(zip(recs, unique_labels(recs))):
         df = r.frame
         if not df.empty:
-            ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=run_label(r))
+            ax.plot(df[STEP], df[column], lw=1.3, color=f"C{i}", label=name)
 
 
 def plot_edge_ratio(records: AnyRecord | Sequence[AnyRecord], column: str = RATIO) -> Figure:
-    """||H||_op / SAM-edge over steps, all runs on one axes (1 = at the edge; 2/eta for GD)."""
+    """Sharpness / the run's own edge over steps, all runs on one axes (1 = at the edge)."""
     recs = _as_list(records)
     with book_style():
         fig, ax = plt.subplots(figsize=(WIDTH, 3.4), constrained_layout=True)
@@ -242,8 +302,8 @@ def plot_edge_ratio(records: AnyRecord | Sequence[AnyRecord], column: str = RATI
         ax.axhline(1, color="k", ls="--", lw=1)
         ax.axvspan(recs[0].steps / 2, recs[0].steps, color="0.9", zorder=-1, label="second half")
         ax.set_xlabel("step")
-        ax.set_ylabel("$\\|H\\|_{op}$ / edge")
-        ax.set_title("Sharpness relative to its edge (SAM-edge for SAM, 2/$\\eta$ for GD); y clipped to [0, 2]")
+        ax.set_ylabel("sharpness / edge")
+        ax.set_title(f"Sharpness relative to {_edges_in_words(recs)}; y clipped to [0, 2]")
         ax.set_ylim(0, 2)
         ax.grid(alpha=0.3)
         shared_legend(fig, [ax])
@@ -255,14 +315,14 @@ def plot_alignment(records: AnyRecord | Sequence[AnyRecord]) -> Figure:
     recs = _as_list(records)
     with book_style():
         fig, axes, free = panel_grid(len(recs))
-        for ax, r in zip(axes, recs):
+        for ax, r, name in zip(axes, recs, unique_labels(recs)):
             df = r.frame
             if not df.empty:
                 ax.plot(df[STEP], df[ALIGN_GRAD], lw=1.2, color="C0", label="gradient $g$")
-                if r.rho > 0:
+                if r.rho > 0 and ALIGN_SAM_GRAD in df:
                     ax.plot(df[STEP], df[ALIGN_SAM_GRAD], lw=1.2, color="C1", label="SAM gradient")
             ax.set_ylim(0, 1)
-            ax.set_title(run_label(r))
+            ax.set_title(name)
             ax.set_xlabel("step")
             ax.set_ylabel("|cos| with top eigenvector")
             ax.grid(alpha=0.3)

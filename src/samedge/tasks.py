@@ -63,6 +63,7 @@ class Task:
 
     name: str = ""
     defaults: dict = {}
+    loss_name: str = ""  # "squared" or "cross_entropy": what a figure's loss note says
 
     def validate(self, options: dict) -> None:
         """Raise ValueError naming the option if any is unknown or out of range."""
@@ -144,6 +145,7 @@ class MNISTTask(Task):
     """MNIST, first n_train examples, MLP with ``depth`` hidden ReLU layers of ``width``, squared loss."""
 
     name = "mnist"
+    loss_name = "squared"
     defaults = {"n_train": MNIST_TRAIN_SIZE, "n_test": MNIST_TEST_SIZE, "width": 1000, "depth": 3}
 
     def validate(self, options: dict) -> None:
@@ -170,6 +172,7 @@ class CIFAR10Task(Task):
     ``layers_per_block`` conv-ReLU-LayerNorm layers, ``base_channels`` doubling), squared loss."""
 
     name = "cifar10"
+    loss_name = "squared"
     defaults = {"n_train": 1000, "n_test": 1000, "num_blocks": 2, "layers_per_block": 1, "base_channels": 16}
 
     def validate(self, options: dict) -> None:
@@ -225,6 +228,7 @@ class ShakespeareTask(Task):
     loss is over ``n_test_crops`` fixed test crops."""
 
     name = "shakespeare"
+    loss_name = "cross_entropy"
     defaults = {
         "num_layers": 6,
         "num_heads": 8,
