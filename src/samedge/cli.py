@@ -40,13 +40,10 @@ __all__ = ["main", "find_run_dirs", "runs_table"]
 
 
 def _param(text: str) -> tuple:
-    """A ``-p NAME=VALUE`` argument (``presets.parse_assignment``), as argparse wants its errors."""
-    from .presets import parse_assignment
+    """A ``-p NAME=VALUE`` argument, parsed as every command parses it (``reproduce.parse_param_arg``)."""
+    from .reproduce import parse_param_arg
 
-    try:
-        return parse_assignment(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return parse_param_arg(text)
 
 
 def _params(pairs: Sequence[tuple]) -> Dict[str, Any]:

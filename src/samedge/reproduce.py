@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["find_book_dir", "discover", "declared_parameters", "run_notebook", "main"]
+__all__ = ["parse_param_arg", "find_book_dir", "discover", "declared_parameters", "run_notebook", "main"]
 
 PARAMETERS_TAG = "parameters"
 
@@ -108,7 +108,7 @@ def run_notebook(
     )
 
 
-def _parse_param(text: str) -> tuple:
+def parse_param_arg(text: str) -> tuple:
     """A ``-p NAME=VALUE`` argument (``presets.parse_assignment``), as argparse wants its errors."""
     from .presets import parse_assignment
 
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         "-p",
         "--param",
         action="append",
-        type=_parse_param,
+        type=parse_param_arg,
         default=[],
         metavar="NAME=VALUE",
         help="another parameter for the notebooks that declare it (value parsed as YAML); repeatable",
