@@ -136,6 +136,10 @@ def test_documented_command_runs(source, command, tmp_path):
         if words[1] == "sweep" and "--executor" in words and "slurm" in words:
             words.append("--dry-run")
         r = _run([exe, *words[1:]], tmp_path, env)
+    elif words[:2] == ["git", "clone"]:
+        # No network here: the command must name a public repository to clone into a named directory.
+        assert len(words) == 4 and words[2].startswith("https://github.com/"), f"{source}: {command!r}"
+        return
     else:
         pytest.fail(f"{source}: no rule for the documented command {command!r}: add one to this test")
     assert r.returncode == 0, f"{source}: {command!r} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"

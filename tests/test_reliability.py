@@ -314,7 +314,7 @@ def test_checkpoint_loads_weights_only(tmp_path):
     run(cfg, tmp_path, progress=False, stop_after=4)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["step"] == 4 and set(state["params"]) and isinstance(state["rows"], list)
-    assert set(state["warm"]) == {"train", "eval", "ascent"} and state["warm"]["train"].ndim == 1
+    assert set(state["warm"]) == {"train", "eval", "ascent", "sam_map"} and state["warm"]["train"].ndim == 1
 
 
 def test_wrong_checksum_rejected(tmp_path):

@@ -267,7 +267,7 @@ def test_cancelled_job_resumes_on_resubmission(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in runs[0].run_dir.iterdir()} == done_files
     assert len(list((tmp_path / "sub2").glob("*_result.pkl"))) == 1  # one job submitted, not two
     resumed = RunRecord.load(target.run_dir)
-    assert resumed.frame["step"].tolist() == list(range(0, 40, 3)) + [40]
+    assert resumed.frame["step"].tolist() == runs[0].config.measured_steps()  # the schedule, pairs included
     assert same_rows(resumed, run(target.config, progress=False))
     assert not (target.run_dir / CHECKPOINT).exists()
     # Resumed, not recomputed: the rows before the cancel keep the first attempt's wall-clock times.
