@@ -202,6 +202,44 @@ def test_channel_layer_norm_matches_hand_computation():
     assert torch.allclose(ln(x), expected, atol=1e-12)
 
 
+def _cnn_reference(model: CNN, x: torch.Tensor) -> torch.Tensor:
+    """The CNN's forward written out with F.conv2d, a hand LayerNorm over channels, max-pool
+    and an NCHW flatten, on contiguous (N, C, H, W) memory."""
+    h = x.contiguous()
+    for m in model.features:
+        if isinstance(m, nn.Conv2d):
+            h = F.conv2d(h, m.weight, m.bias, padding=1)
+        elif isinstance(m, nn.ReLU):
+            h = h.clamp_min(0)
+        elif isinstance(m, ChannelLayerNorm):
+            mu = h.mean(1, keepdim=True)
+            var = (h - mu).pow(2).mean(1, keepdim=True)
+            w, b = m.norm.weight[:, None, None], m.norm.bias[:, None, None]
+            h = (h - mu) / torch.sqrt(var + m.norm.eps) * w + b
+        else:
+            h = F.max_pool2d(h, 2)
+    return h.reshape(len(h), -1) @ model.out.weight.T + model.out.bias
+
+
+def test_cnn_channels_last_forward_and_gradient_match_nchw_reference():
+    """The CNN computes in channels-last memory for speed: its logits and parameter gradient equal
+    those of the written-out NCHW forward (float64, 1e-10), flatten order included."""
+    torch.manual_seed(0)
+    model = CNN(in_channels=3, image_size=8, num_blocks=2, base_channels=4, num_classes=5).double()
+    with torch.no_grad():  # non-trivial LayerNorm parameters, so a wrong axis would show
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.add_(torch.randn_like(m.weight) * 0.3)
+                m.bias.add_(torch.randn_like(m.bias) * 0.3)
+    x = torch.randn(6, 3, 8, 8, dtype=F64)
+    out, ref = model(x), _cnn_reference(model, x)
+    assert rel_err(out, ref) < 1e-10
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    ref_grads = torch.autograd.grad(_cnn_reference(model, x).square().sum(), list(model.parameters()))
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) < 1e-10
+
+
 def test_causal_mask():
     """causal_mask(n)[i, j] is True exactly when j <= i."""
     m = causal_mask(4)

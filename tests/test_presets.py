@@ -65,10 +65,10 @@ def test_explicit_seed_wins_over_the_preset_files_seeds(seed):
 
 def test_run_config_fields_are_preset_parameters():
     """COMMON follows RunConfig: kernels, hvp_method and lanczos_max_iter are parameters; the cpu
-    presets of mnist and shakespeare choose oneDNN, the others PyTorch's default kernels."""
+    preset of mnist chooses oneDNN, the others PyTorch's default kernels."""
     assert {"kernels", "hvp_method", "lanczos_max_iter", "lanczos_tol"} <= set(COMMON)
     assert {c.kernels for c in run_configs("mnist", resolve_params("mnist", "cpu", device="cpu"))} == {"onednn"}
-    assert resolve_params("shakespeare", "cpu", device="cpu")["kernels"] == "onednn"
+    assert resolve_params("shakespeare", "cpu", device="cpu")["kernels"] == "default"
     assert resolve_params("mnist", "smoke", device="cpu")["kernels"] == "default"
     assert resolve_params("cifar10", "cpu", device="cpu")["kernels"] == "default"
     p = resolve_params("mnist", "cpu", kernels="default", lanczos_max_iter=50, device="cpu")
