@@ -201,6 +201,68 @@ def test_local_sweep_of_four_runs_equals_in_process_runs(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("record.csv")} == before
 
 
+class FailSecondJob(RunJob):
+    """The sweep's job, failing on the second run it is given (a run whose eta is 0.3)."""
+
+    def __call__(self, config, run_dir, data_dir=None):
+        if config["eta"] == 0.3:
+            raise RuntimeError("planned failure of the eta=0.3 run")
+        return super().__call__(config, run_dir, data_dir)
+
+
+@needs_mnist
+def test_runs_per_job_batches_runs_into_fewer_jobs(tmp_path):
+    """runs_per_job=2 on 3 runs, 2 jobs at a time: two jobs (2 runs and 1), each run's record equal
+    to the same run in-process, outcomes in the plan's order, SAM runs submitted first."""
+    grid = {"rho": [0.0, 0.05, 0.1]}
+    runs = plan("mnist", "smoke", grid, [0], TINY, tmp_path)
+    result = execute(runs, "local", 2, folder=tmp_path / "sub", progress=False, poll_s=0.1, runs_per_job=2)
+    assert [o.status for o in result.outcomes] == ["done"] * 3
+    assert [o.run.config.rho for o in result.outcomes] == [0.0, 0.05, 0.1]
+    assert len(list((tmp_path / "sub").glob("*_result.pkl"))) == 2  # two jobs for three runs
+    jobs = {o.run.config.rho: o.job_id for o in result.outcomes}
+    assert jobs[0.05] == jobs[0.1] != jobs[0.0]  # the two SAM runs shared the first job
+    for rec in result.records():
+        assert same_rows(rec, run(rec.config, progress=False))
+
+
+@needs_mnist
+def test_runs_per_job_failure_marks_only_unfinished_runs_failed(tmp_path):
+    """A batch of 3 runs whose second run raises: the first is done, the second failed with its
+    error, the third (never started) failed; a second sweep computes only those two."""
+    grid = {"eta": [0.2, 0.3, 0.4], "rho": [0.05]}
+    runs = plan("mnist", "smoke", grid, [0], TINY, tmp_path / "res")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FailSecondJob lives in this test module
+    try:
+        runner = SweepRunner(
+            runs,
+            make_executor("local", tmp_path / "sub1", timeout_min=10),
+            max_parallel=1,
+            job=FailSecondJob(),
+            runs_per_job=3,
+        )
+        first = runner.wait(progress=False, poll_s=0.1)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert [o.status for o in first.outcomes] == ["done", "failed", "failed"]
+    assert all("planned failure" in o.error for o in first.failed)
+    assert runs[0].finished and not runs[1].finished and not runs[2].finished
+    second = execute(runs, "local", 1, folder=tmp_path / "sub2", progress=False, poll_s=0.1, runs_per_job=3)
+    assert [o.status for o in second.outcomes] == ["reloaded", "done", "done"]
+
+
+def test_runs_per_job_is_checked():
+    """runs_per_job must be a positive integer, and needs a windowed executor and a RunJob."""
+    import submitit
+
+    ex = submitit.DebugExecutor(folder="unused")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="runs_per_job must be a positive integer"):
+            SweepRunner([], ex, runs_per_job=bad)
+    with pytest.raises(ConfigError, match="many"):
+        SweepRunner([], ex, job=lambda *a: None, runs_per_job=2)
+
+
 class SlowJob(RunJob):
     """The sweep's job, slowed after every checkpoint so the test can cancel it mid-run."""
 
@@ -398,3 +460,25 @@ def test_run_experiment_in_parallel_jobs_equals_in_process(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "jobs").rglob("record.csv")} == before
     with pytest.raises(ConfigError, match="parallel"):
         run_experiment("mnist", params("x"), parallel=0)
+
+
+def test_run_experiments_pools_tasks_into_one_queue(tmp_path):
+    """Two tasks' runs from one queue of local jobs (2 at a time): each task gets its own records,
+    in its plan's order, equal to the same runs made in this process task by task."""
+    if not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir() or not (Path(DATA) / "cifar-10-batches-bin").is_dir():
+        pytest.skip("needs MNIST and CIFAR-10")
+    from samedge.experiment import run_experiment, run_experiments
+    from samedge.presets import resolve_params
+
+    def params(task, where):
+        sizes = TINY if task == "mnist" else dict(n_train=16, n_test=16, steps=4, measure_every=2)
+        return resolve_params(task, "smoke", seeds=[0], results_dir=str(tmp_path / where), device="cpu", **sizes)
+
+    pooled = run_experiments({t: params(t, "pooled") for t in ("mnist", "cifar10")}, progress=False, parallel=2)
+    assert list(pooled) == ["mnist", "cifar10"]
+    for task, recs in pooled.items():
+        here = run_experiment(task, params(task, "here"), progress=False, parallel=1)
+        assert [r.config for r in recs] == [r.config for r in here] and all(r.config.task == task for r in recs)
+        assert all(same_rows(a, b) for a, b in zip(recs, here))
+    # One submission for both tasks: a single submitit folder under each task's results root.
+    assert len(list((tmp_path / "pooled").rglob("submitit/*"))) == 1

@@ -15,7 +15,7 @@ from .record import RunRecord
 from .runs import planned_runs
 from .sweep import SweepError, execute
 
-__all__ = ["run_experiment", "default_parallel"]
+__all__ = ["run_experiment", "run_experiments", "default_parallel"]
 
 
 def default_parallel(device: str, runs: int) -> int:
@@ -35,17 +35,35 @@ def run_experiment(
     ``parallel``: runs at once (None: ``default_parallel``). With 1 they run in this process, one
     after the other; with more, as jobs of submitit's local executor (``samedge.sweep``), each job
     with ``cores // parallel`` torch threads. Either way a finished run directory is reloaded."""
-    runs = planned_runs(task, params)
+    return run_experiments({task: params}, progress=progress, parallel=parallel)[task]
+
+
+def run_experiments(
+    experiments: Dict[str, Dict[str, Any]], progress: bool = True, parallel: Optional[int] = None
+) -> Dict[str, List[RunRecord]]:
+    """``run_experiment`` for several tasks (task -> notebook parameters) at once: every
+    configuration is validated first, and parallel jobs are drawn from one queue of all the tasks'
+    runs, so that no core waits for one task's last run before the next task starts."""
+    plans = {task: planned_runs(task, params) for task, params in experiments.items()}
+    runs = [r for rs in plans.values() for r in rs]
     if parallel is None:
-        parallel = default_parallel(params.get("device", "cpu"), len(runs))
+        devices = {str(p.get("device", "cpu")) for p in experiments.values()}
+        parallel = min(default_parallel(d, len(runs)) for d in devices) if devices else 1
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"parallel must be a positive integer (runs at once), got {parallel!r}")
+    desc = f"{' + '.join(plans)} runs"
     if parallel > 1 and sum(not r.finished for r in runs) > 1:
-        result = execute(runs, "local", max_parallel=parallel, progress=progress, desc=f"{task} runs")
+        result = execute(runs, "local", max_parallel=parallel, progress=progress, desc=desc)
         if result.failed:
             raise SweepError(result.failure_report(), result)
-        return result.records()
-    return [
-        run(r.config, r.run_dir, data_dir=r.data_dir, progress=progress)
-        for r in tqdm(runs, desc=f"{task} runs", disable=not progress)
-    ]
+        records = result.records()
+    else:
+        records = [
+            run(r.config, r.run_dir, data_dir=r.data_dir, progress=progress)
+            for r in tqdm(runs, desc=desc, disable=not progress)
+        ]
+    out, start = {}, 0
+    for task, rs in plans.items():
+        out[task] = records[start : start + len(rs)]
+        start += len(rs)
+    return out

@@ -35,7 +35,7 @@ from .analysis import (
     sam_bias_sentence,
     seed_table,
 )
-from .experiment import run_experiment
+from .experiment import run_experiments
 from .hessian import DEFAULT_TOL
 from .plots import book_style, panel_grid, shared_legend
 from .presets import load_preset, resolve_params
@@ -73,11 +73,8 @@ def experiment_records(
 ) -> Dict[str, List[RunRecord]]:
     """Each task's runs at its notebook's default parameters for ``preset`` (same run
     directories as the notebooks, so finished runs are reloaded, not recomputed)."""
-    out = {}
-    for task in tasks:
-        params = resolve_params(task, preset, results_dir=results_dir, device=device)
-        out[task] = run_experiment(task, params, progress=progress)
-    return out
+    params = {task: resolve_params(task, preset, results_dir=results_dir, device=device) for task in tasks}
+    return run_experiments(params, progress=progress)
 
 
 def summary_table(records: Dict[str, List[RunRecord]]) -> pd.DataFrame:

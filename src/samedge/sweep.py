@@ -110,6 +110,11 @@ class RunJob:
             complete=bool(record.summary.get("complete")),
         )
 
+    def many(self, items: Sequence[Sequence[Any]]) -> List[Dict[str, Any]]:
+        """Run several ``(config, run_dir, data_dir)`` one after the other in one job: one process
+        start (Python, torch, the data) for all of them, for sweeps of many short runs."""
+        return [self(*item) for item in items]
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue with the same arguments (submitit calls this on preemption / time-out)."""
         from submitit.helpers import DelayedSubmission
@@ -303,7 +308,10 @@ class SweepRunner:
 
     Local executors get at most ``max_parallel`` jobs at a time (submitit's local executor has
     no limit of its own); a SLURM executor gets one job array (its ``array_parallelism`` is the
-    limit). ``start`` and ``poll`` let a caller act on the jobs while they run; ``wait`` does both."""
+    limit). ``runs_per_job`` (local and debug executors): each job runs up to that many runs one
+    after the other (``RunJob.many``), which saves a process start per run when runs take seconds;
+    a run a batch finished before a failure counts as done. ``start`` and ``poll`` let a caller
+    act on the jobs while they run; ``wait`` does both."""
 
     def __init__(
         self,
@@ -311,6 +319,7 @@ class SweepRunner:
         executor,
         max_parallel: Optional[int] = None,
         job: Optional[Callable[..., Any]] = None,
+        runs_per_job: int = 1,
     ):
         import submitit
 
@@ -318,19 +327,32 @@ class SweepRunner:
             isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
         ):
             raise ConfigError(f"max_parallel must be a positive integer, got {max_parallel!r}")
+        if isinstance(runs_per_job, bool) or not isinstance(runs_per_job, int) or runs_per_job < 1:
+            raise ConfigError(f"runs_per_job must be a positive integer, got {runs_per_job!r}")
         self.runs = list(runs)
         self.executor = executor
         self.job = job or RunJob()
+        if runs_per_job > 1 and not callable(getattr(self.job, "many", None)):
+            raise ConfigError("runs_per_job > 1 needs a job with a many(items) method, such as RunJob")
         self.windowed = isinstance(executor, (submitit.LocalExecutor, submitit.DebugExecutor))
+        if runs_per_job > 1 and not self.windowed:
+            raise ConfigError("runs_per_job > 1 needs the local or debug executor (SLURM runs one run per array task)")
+        self.runs_per_job = runs_per_job
         self.limit = (max_parallel or 1) if isinstance(executor, submitit.DebugExecutor) else (max_parallel or math.inf)
         self.outcomes: Dict[Path, Outcome] = {}
         self.pending: List[PlannedRun] = []
         self.jobs: Dict[Path, Any] = {}  # run_dir -> submitit job, while it runs
+        self.slot: Dict[Path, Optional[int]] = {}  # run_dir -> its index in a batched job's results
         for r in self.runs:
             if r.finished:
                 self.outcomes[r.run_dir] = Outcome(r, "reloaded")
             else:
                 self.pending.append(r)
+        if self.windowed:
+            # SAM runs (two gradients a step) first, GD runs last: the runs that end a window are
+            # the short ones, so fewer cores idle while the last run finishes. Results keep the
+            # plan's order.
+            self.pending.sort(key=lambda r: r.config.rho == 0)
         self.started = False
 
     @property
@@ -342,21 +364,28 @@ class SweepRunner:
         if not runs:
             return
         args = [(r.config.to_dict(), str(r.run_dir), None if r.data_dir is None else str(r.data_dir)) for r in runs]
+        if self.runs_per_job > 1:
+            k = self.runs_per_job
+            for i in range(0, len(runs), k):
+                j = self.executor.submit(self.job.many, args[i : i + k])  # type: ignore[union-attr]
+                for n, r in enumerate(runs[i : i + k]):
+                    self.jobs[r.run_dir], self.slot[r.run_dir] = j, n
+            return
         if self.windowed:
             jobs = [self.executor.submit(self.job, *a) for a in args]
         else:
             jobs = self.executor.map_array(self.job, *zip(*args))
         for r, j in zip(runs, jobs):
-            self.jobs[r.run_dir] = j
+            self.jobs[r.run_dir], self.slot[r.run_dir] = j, None
 
     def start(self) -> None:
         """Submit the first jobs (all of them for SLURM)."""
         self.started = True
-        n = len(self.pending) if not self.windowed else int(min(self.limit, len(self.pending)))
+        n = len(self.pending) if not self.windowed else int(min(self.limit * self.runs_per_job, len(self.pending)))
         batch, self.pending = self.pending[:n], self.pending[n:]
         self._submit(batch)
 
-    def _finish(self, run: PlannedRun, job) -> Outcome:
+    def _finish(self, run: PlannedRun, job, slot: Optional[int] = None) -> Outcome:
         import submitit
 
         logs = [str(job.paths.stderr), str(job.paths.stdout)]
@@ -375,9 +404,12 @@ class SweepRunner:
         resumed = None
         if err is None:
             try:
-                resumed = job.result().get("resumed_from")
+                result = job.result()
+                resumed = (result if slot is None else result[slot]).get("resumed_from")
             except Exception as e:
                 err = f"{type(e).__name__}: {e}"
+        if err is not None and slot is not None and run.finished:
+            err = None  # its batch failed or was killed after this run had finished
         if err is None and not run.finished:
             err = f"the job ended but {run.run_dir} holds no summary.json and record.csv"
         return Outcome(run, "failed" if err else "done", str(job.job_id), () if debug else logs, err, resumed)
@@ -395,11 +427,12 @@ class SweepRunner:
             if finished:
                 del self.jobs[run_dir]
                 run_ = next(r for r in self.runs if r.run_dir == run_dir)
-                out = self._finish(run_, job)
+                out = self._finish(run_, job, self.slot.pop(run_dir, None))
                 self.outcomes[run_dir] = out
                 ended.append(out)
         if self.windowed and self.pending:
-            room = int(min(self.limit - len(self.jobs), len(self.pending)))
+            running = len({id(j) for j in self.jobs.values()})
+            room = int(min((self.limit - running) * self.runs_per_job, len(self.pending)))
             batch, self.pending = self.pending[:room], self.pending[room:]
             self._submit(batch)
         return ended
@@ -409,7 +442,7 @@ class SweepRunner:
         """Whether jobs are still running or waiting to be submitted."""
         return bool(self.jobs or self.pending or not self.started)
 
-    def wait(self, progress: bool = True, poll_s: float = 1.0, desc: str = "sweep") -> SweepResult:
+    def wait(self, progress: bool = True, poll_s: float = 0.2, desc: str = "sweep") -> SweepResult:
         """Poll until every job has ended: a progress bar of the runs done, one line per ended run."""
         bar = tqdm(total=len(self.runs), initial=self.done_count, desc=desc, unit="run", disable=not progress)
         failed = 0
@@ -448,13 +481,15 @@ def execute(
     slurm: Optional[Mapping[str, Any]] = None,
     gpus: int = 0,
     progress: bool = True,
-    poll_s: float = 1.0,
+    poll_s: float = 0.2,
     job: Optional[Callable[..., Any]] = None,
     desc: Optional[str] = None,
+    runs_per_job: int = 1,
 ) -> SweepResult:
     """Run the unfinished ones of ``runs`` through a submitit executor; finished ones are reloaded.
 
-    ``folder``: where submitit's files go (default: ``<results root>/submitit/<UTC time>``)."""
+    ``folder``: where submitit's files go (default: ``<results root>/submitit/<UTC time>``);
+    ``runs_per_job``: runs one local job runs one after the other (``SweepRunner``)."""
     check_executor(executor)
     todo = [r for r in runs if not r.finished]
     if not todo:  # nothing to submit: no executor, no folder
@@ -470,7 +505,9 @@ def execute(
         if max_parallel is not None:
             slurm["array_parallelism"] = max_parallel
     ex = make_executor(executor, folder, timeout_min=timeout_min, slurm=slurm, gpus=gpus)
-    runner = SweepRunner(runs, ex, max_parallel=max_parallel if executor != "slurm" else None, job=job)
+    runner = SweepRunner(
+        runs, ex, max_parallel=max_parallel if executor != "slurm" else None, job=job, runs_per_job=runs_per_job
+    )
     return runner.wait(progress=progress, poll_s=poll_s, desc=desc or f"sweep {runs[0].config.task}")
 
 
@@ -489,20 +526,24 @@ def sweep(
     timeout_min: int = 24 * 60,
     folder: Optional[str | os.PathLike] = None,
     progress: bool = True,
-    poll_s: float = 1.0,
+    poll_s: float = 0.2,
+    runs_per_job: int = 1,
 ) -> List[RunRecord]:
     """Plan (validating every configuration), run the missing runs through submitit, and return
     every run's record in the plan's order; raises ``SweepError`` naming the failed runs.
 
     ``grid`` maps notebook parameters (``eta``, ``rho``, ``steps``, ``width``, ...) to lists of
-    values; ``slurm`` is ``slurm_parameters(...)``; ``max_parallel`` bounds the jobs running at once."""
+    values; ``slurm`` is ``slurm_parameters(...)``; ``max_parallel`` bounds the jobs running at once;
+    ``runs_per_job`` > 1 (local executor) runs that many runs in each job, for grids of short runs."""
     gpus = int((slurm or {}).get("gpus_per_node") or 0)
     check_executor(executor)
     given = (params or {}).get("device", device) if device == "auto" else device
     dev = resolve_device(given, here=executor != "slurm", gpus=gpus)
     runs = plan(task, preset, grid, seeds, params, results_dir, dev)
     gpus_seen = local_gpus(dev) if executor == "local" else 0
-    result = execute(runs, executor, max_parallel, folder, timeout_min, slurm, gpus_seen, progress, poll_s)
+    result = execute(
+        runs, executor, max_parallel, folder, timeout_min, slurm, gpus_seen, progress, poll_s, runs_per_job=runs_per_job
+    )
     if result.failed:
         raise SweepError(result.failure_report(), result)
     return result.records()
