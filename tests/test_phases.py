@@ -132,6 +132,15 @@ def test_phase_table_means_over_seeds():
     assert "differ by at most 0.050" in an.phase_sentence(t)
 
 
+def test_phase_table_of_another_column():
+    """column="eval_ratio" reads that column (the Transformer's fixed-batch ratio), not the ratio."""
+    ev = dict(eval_ratio=[5.0, 5.0, 2.0, 3.0, 2.2])  # even 2.0, 2.2 -> 2.1; odd 3.0; pair 2.5
+    a = _rec(0.1, 0, [9.0, 9.0, 1.2, 1.0, 1.4], extra=ev)
+    row = an.phase_table([a], column="eval_ratio").iloc[0]
+    assert row[an.PHASE_EVEN] == pytest.approx(2.1) and row[an.PHASE_ODD] == pytest.approx(3.0)
+    assert row[an.PAIR_RATIO] == pytest.approx(2.5) and row[an.MEDIAN_RATIO] == pytest.approx(2.2)
+
+
 def test_growth_as_ratio():
     # GD on a quadratic: G = (1 - eta lam)^2; eta lam = 2 r -> (1 + sqrt G)/2 = r for r >= 1/2.
     r = np.array([0.6, 1.0, 1.3])

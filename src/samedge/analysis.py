@@ -601,13 +601,21 @@ def phase_medians(rec: AnyRecord, values: Optional[pd.Series] = None) -> dict:
     }
 
 
-def phase_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
+def phase_table(records: Sequence[AnyRecord], column: str = RATIO) -> pd.DataFrame:
     """Per setting (run label): the mean over the seeds of today's median ratio (all measurements of
-    the second half), of the even- and odd-step medians, and of the median pair mean."""
+    the second half), of the even- and odd-step medians, and of the median pair mean, of ``column``
+    (default the ratio; the Transformer's ``eval_ratio`` is the ratio on its fixed batch)."""
     rows = []
     for r in records:
+        values = None if column == RATIO else r.frame[column]
         rows.append(
-            {"run": run_label(r), "rho": r.rho, "eta": r.eta, MEDIAN_RATIO: r.median_ratio(), **phase_medians(r)}
+            {
+                "run": run_label(r),
+                "rho": r.rho,
+                "eta": r.eta,
+                MEDIAN_RATIO: r.median_ratio(column),
+                **phase_medians(r, values),
+            }
         )
     if not rows:
         raise ValueError("records is empty; give at least one RunRecord")
