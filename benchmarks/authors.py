@@ -10,9 +10,9 @@ this repository: clone them once, ``git clone https://github.com/google-deepmind
 give the clone's path with ``--authors-dir`` or ``$SAMEDGE_AUTHORS_DIR``; ``import_authors`` puts
 it on ``sys.path`` and imports their ``sam_edge`` and ``hessian_norm`` as they are.
 
-Their MLP and loss live in ``image_classification.py``, a script that parses its command line,
-downloads data with TFDS and trains when imported, and needs flax and optax: those two are
-transcribed below (``FlaxMLP``, ``squared_error``), nothing else.
+Their MLP, CNN and loss live in ``image_classification.py``, a script that parses its command
+line, downloads data with TFDS and trains when imported, and needs flax and optax: those three are
+transcribed below in jax (``FlaxMLP``, ``FlaxCNN``, ``squared_error``), nothing else.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ __all__ = [
     "authors_commit",
     "match_threads",
     "FlaxMLP",
+    "FlaxCNN",
     "squared_error",
     "to_flax_mlp",
     "from_flax_mlp",
+    "to_flax_cnn",
+    "from_flax_cnn",
 ]
 
 
@@ -161,3 +164,88 @@ def from_flax_mlp(tree, keys: List[str]) -> Dict[str, torch.Tensor]:
         out[w] = torch.from_numpy(np.asarray(layers[name]["kernel"]).T.copy())
         out[b] = torch.from_numpy(np.asarray(layers[name]["bias"]).copy())
     return out
+
+
+class FlaxCNN:
+    """``image_classification.CNN`` (flax) on its parameter tree, NHWC images: per block,
+    ``layers_per_block`` times (3x3 SAME conv, ReLU, ``nn.LayerNorm()`` over channels), then a 2x2
+    max-pool; flatten (in NHWC order); Dense. Flax names the attribute convs ``conv_defs_{i}_{j}``,
+    the inline LayerNorms ``LayerNorm_{k}`` in call order and the output ``dense_def``."""
+
+    def __init__(self, num_blocks: int, layers_per_block: int):
+        self.num_blocks, self.layers_per_block = num_blocks, layers_per_block
+
+    def names(self) -> List[Tuple[str, str]]:
+        """(conv, LayerNorm) names in call order."""
+        n = self.layers_per_block
+        return [(f"conv_defs_{i}_{j}", f"LayerNorm_{i * n + j}") for i in range(self.num_blocks) for j in range(n)]
+
+    def apply(self, params, x):
+        """Logits of the NHWC batch ``x``."""
+        import jax
+        import jax.numpy as jnp
+
+        p = params["params"]
+        h, names = x, self.names()
+        for i in range(self.num_blocks):
+            for conv, ln in names[i * self.layers_per_block : (i + 1) * self.layers_per_block]:
+                h = jax.lax.conv_general_dilated(
+                    h, p[conv]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+                h = jnp.maximum(h + p[conv]["bias"], 0.0)
+                # flax.linen.LayerNorm: epsilon 1e-6, the fast variance E[x^2] - E[x]^2 (clipped at 0).
+                mean = jnp.mean(h, axis=-1, keepdims=True)
+                var = jnp.maximum(0.0, jnp.mean(jnp.square(h), axis=-1, keepdims=True) - jnp.square(mean))
+                h = (h - mean) * jax.lax.rsqrt(var + 1e-6) * p[ln]["scale"] + p[ln]["bias"]
+            h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        h = h.reshape((h.shape[0], -1))
+        return h @ p["dense_def"]["kernel"] + p["dense_def"]["bias"]
+
+
+def _cnn_keys(params: Dict[str, torch.Tensor]) -> Tuple[List[Tuple[str, str, str, str]], Tuple[str, str]]:
+    """Our CNN's keys as (conv weight, conv bias, LayerNorm weight, LayerNorm bias) per layer, and
+    (output weight, output bias) (``samedge.models.CNN``'s parameter order)."""
+    keys = list(params)
+    if len(keys) < 6 or (len(keys) - 2) % 4 or params[keys[-2]].dim() != 2:
+        raise ValueError(f"params must be a samedge.models.CNN's, got keys {keys}")
+    layers = [tuple(keys[i : i + 4]) for i in range(0, len(keys) - 2, 4)]
+    if any(params[w].dim() != 4 for w, *_ in layers):
+        raise ValueError(f"params must be a samedge.models.CNN's (conv, LayerNorm) layers, got keys {keys}")
+    return layers, (keys[-2], keys[-1])  # type: ignore[return-value]
+
+
+def to_flax_cnn(params: Dict[str, torch.Tensor], model: FlaxCNN):
+    """Our CNN's weights as the authors' flax tree (float32): conv (O, I, kh, kw) -> HWIO; the
+    output layer's input reordered from our NCHW flatten to their NHWC one."""
+    import jax.numpy as jnp
+
+    f32 = lambda t: jnp.asarray(t.detach().cpu().numpy().astype(np.float32))  # noqa: E731
+    layers, (ow, ob) = _cnn_keys(params)
+    if len(layers) != len(model.names()):
+        raise ValueError(f"{len(layers)} conv layers for a FlaxCNN of {len(model.names())}")
+    tree = {}
+    for (cw, cb, lw, lb), (conv, ln) in zip(layers, model.names()):
+        tree[conv] = {"kernel": f32(params[cw].permute(2, 3, 1, 0)), "bias": f32(params[cb])}
+        tree[ln] = {"scale": f32(params[lw]), "bias": f32(params[lb])}
+    c = params[layers[-1][0]].shape[0]
+    side = int(round((params[ow].shape[1] / c) ** 0.5))
+    w = params[ow].reshape(-1, c, side, side).permute(0, 2, 3, 1).reshape(params[ow].shape[0], -1)
+    tree["dense_def"] = {"kernel": f32(w).T, "bias": f32(params[ob])}
+    return {"params": tree}
+
+
+def from_flax_cnn(tree, like: Dict[str, torch.Tensor], model: FlaxCNN) -> Dict[str, torch.Tensor]:
+    """The authors' flax tree as our CNN's weights, with the keys and shapes of ``like``."""
+    p = tree["params"]
+    t = lambda a: torch.from_numpy(np.asarray(a).copy())  # noqa: E731
+    layers, (ow, ob) = _cnn_keys(like)
+    out: Dict[str, torch.Tensor] = {}
+    for (cw, cb, lw, lb), (conv, ln) in zip(layers, model.names()):
+        out[cw], out[cb] = t(p[conv]["kernel"]).permute(3, 2, 0, 1).contiguous(), t(p[conv]["bias"])
+        out[lw], out[lb] = t(p[ln]["scale"]), t(p[ln]["bias"])
+    c = like[layers[-1][0]].shape[0]
+    side = int(round((like[ow].shape[1] / c) ** 0.5))
+    k = t(p["dense_def"]["kernel"]).T  # (classes, H * W * C), NHWC order
+    out[ow] = k.reshape(-1, side, side, c).permute(0, 3, 1, 2).reshape(like[ow].shape).contiguous()
+    out[ob] = t(p["dense_def"]["bias"])
+    return {k_: out[k_] for k_ in like}

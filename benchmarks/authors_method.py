@@ -1,13 +1,14 @@
-"""The authors' method beside ours, on the book's MNIST ``cpu`` configuration at seed 0.
+"""The authors' method beside ours, on the book's MNIST (or, ``--task cifar10``, CIFAR-10) ``cpu``
+configuration at seed 0.
 
     git clone https://github.com/google-deepmind/sam_edge /path/to/sam_edge
     pip install --target ~/jax-site --no-deps jax jaxlib ml_dtypes opt_einsum
     SAMEDGE_DATA_DIR=... PYTHONPATH=src:$HOME/jax-site OMP_NUM_THREADS=1 \\
         python benchmarks/authors_method.py --authors-dir /path/to/sam_edge
 
-writes ``book/data/authors_method_mnist.csv`` (one row per rho and compared step) and its
+writes ``book/data/authors_method_<task>.csv`` (one row per rho and compared step) and its
 sidecar ``.json`` (the command, both commits, versions, date, run time, the step-0 checks), which
-book/mnist.ipynb reads; jax is needed only here, not to build the book.
+book/mnist.ipynb (book/cifar10.ipynb) reads; jax is needed only here, not to build the book.
 
 What is theirs, imported from their clone and called as it is: ``sam_edge.train``, which holds
 their SAM update (``w - eta grad L(w + rho g/(||g|| + 1e-5))``), their SAM-edge formula, ||g|| and
@@ -18,10 +19,10 @@ measures on a wall-clock schedule; to measure by step we call it once per compar
 batch with a negative ``hessian_check_gap`` (their test ``time > last + 3600 gap`` is then true: it
 measures at w_t, then takes the step), and in between on the batches up to the next compared step
 with ``hessian_check_gap=0`` (no measurement). Their model and loss are in ``image_classification.py``,
-a script that cannot be imported (see ``authors.py``): ``FlaxMLP`` and ``squared_error`` transcribe
-them. Data and initial weights are ours: the run's full batch of the first ``n_train`` MNIST images
-(the authors' preprocessing, ``samedge.data.load_mnist``) and our seed-0 MLP, converted to their
-flax parameter tree; the step-0 loss of both is checked equal.
+a script that cannot be imported (see ``authors.py``): ``FlaxMLP`` (``FlaxCNN``) and ``squared_error``
+transcribe them. Data and initial weights are ours: the run's full batch of the first ``n_train``
+images (``samedge.data``) and our seed-0 MLP (CNN), converted to their flax parameter tree (and, for
+the CNN, the images to their NHWC layout); the step-0 loss of both is checked equal.
 
 Per rho and compared step the CSV holds their loss, ||g||, ||H|| estimate, SAM-edge and ratio;
 our exact ||H||_op at *their* weights (``samedge.sharpness``, cold-started Lanczos on exact HVPs,
@@ -60,10 +61,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import authors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("mnist", "cifar10")
 OUT = ROOT / "book" / "data" / "authors_method_mnist.csv"
-# Every other pair of the cpu preset's measurements (pairs at t, t + 1 every 30 steps): steps our
-# run measures, so "ours, same steps" is the book's own run.
-COMPARE_EVERY = 60
+# Every other pair of each cpu preset's measurements (MNIST pairs at t, t + 1 every 30 steps,
+# CIFAR-10 every 40): steps our run measures, so "ours, same steps" is the book's own run.
+COMPARE_EVERY = {"mnist": 60, "cifar10": 80}
+# The preset parameters the sidecar records (the test checks them against the preset).
+CONFIG_KEYS = {
+    "mnist": ("preset", "n_train", "width", "depth", "eta", "rhos", "steps", "measure_every", "measure_pairs"),
+    "cifar10": (
+        "preset",
+        "n_train",
+        "num_blocks",
+        "layers_per_block",
+        "base_channels",
+        "eta",
+        "rhos",
+        "steps",
+        "measure_every",
+        "measure_pairs",
+    ),
+}
 
 # The CSV's columns: theirs (their_*: sam_edge.train's own numbers), our exact ||H||_op at their
 # weights (exact_*), and our run's record at the same step (our_*).
@@ -95,7 +113,43 @@ RAW = [
     "sg_align",
 ]
 
-__all__ = ["COLUMNS", "OUT", "compare_steps", "drive_authors", "compare_rho", "main"]
+__all__ = [
+    "COLUMNS",
+    "OUT",
+    "TASKS",
+    "out_path",
+    "authors_model",
+    "compare_steps",
+    "drive_authors",
+    "compare_rho",
+    "main",
+]
+
+
+def out_path(task: str) -> Path:
+    """The results file of ``task``: ``book/data/authors_method_<task>.csv``."""
+    return ROOT / "book" / "data" / f"authors_method_{task}.csv"
+
+
+def authors_model(cfg) -> tuple:
+    """(their model, our weights -> their tree, (their tree, our weights) -> our weights, our
+    batch -> their input) for the task of ``cfg``: the MLP on MNIST, the CNN (NHWC) on CIFAR-10."""
+    if cfg.task == "mnist":
+        return (
+            authors.FlaxMLP(),
+            authors.to_flax_mlp,
+            lambda tree, like: authors.from_flax_mlp(tree, list(like)),
+            lambda x: x.numpy(),
+        )
+    if cfg.task == "cifar10":
+        model = authors.FlaxCNN(cfg.options["num_blocks"], cfg.options["layers_per_block"])
+        return (
+            model,
+            lambda p: authors.to_flax_cnn(p, model),
+            lambda tree, like: authors.from_flax_cnn(tree, like, model),
+            lambda x: x.permute(0, 2, 3, 1).contiguous().numpy(),
+        )
+    raise ValueError(f"task must be one of {list(TASKS)}, got {cfg.task!r}")
 
 
 def compare_steps(steps: int, every: int) -> List[int]:
@@ -103,7 +157,7 @@ def compare_steps(steps: int, every: int) -> List[int]:
     return sorted(set(range(0, steps + 1, every)) | {steps})
 
 
-def drive_authors(sam_edge, params, x, y, eta: float, rho: float, steps: List[int], raw: Path, seed: int):
+def drive_authors(sam_edge, params, x, y, eta: float, rho: float, steps: List[int], raw: Path, seed: int, model=None):
     """Run the authors' ``sam_edge.train`` from ``params`` measuring exactly at ``steps``; yields
     (step, their parameter tree at that step) before each measurement, then reads their raw-data
     file (``raw``) as a DataFrame with one row per step, returned by the generator."""
@@ -115,7 +169,7 @@ def drive_authors(sam_edge, params, x, y, eta: float, rho: float, steps: List[in
     def train(tree, batches: int, gap: float, k):
         with contextlib.redirect_stdout(quiet):
             return sam_edge.train(
-                tree, authors.FlaxMLP(), authors.squared_error, iter([(x, y)] * batches), eta, rho,
+                tree, model or authors.FlaxMLP(), authors.squared_error, iter([(x, y)] * batches), eta, rho,
                 gap, None, None, None, None, str(raw), 1, 1e6, k,
             )  # fmt: skip
 
@@ -149,16 +203,17 @@ def compare_rho(cfg, sam_edge, steps: List[int], run_dir: Path, data_dir, work: 
     params = {k: v.detach() for k, v in parameters_of(inst.model).items()}
     x, y = inst.sample(0, torch.Generator())
     loss_fn = module_loss(inst.model, inst.loss, x, y)
-    xj, yj = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
+    flax_model, to_flax, from_flax, their_input = authors_model(cfg)
+    xj, yj = jnp.asarray(their_input(x)), jnp.asarray(y.numpy())
 
     t0 = time.perf_counter()
     exact: Dict[int, float] = {}
     raw = work / f"raw-rho{cfg.rho:g}.txt"
-    gen = drive_authors(sam_edge, authors.to_flax_mlp(params), xj, yj, cfg.eta, cfg.rho, steps, raw, cfg.seed)
+    gen = drive_authors(sam_edge, to_flax(params), xj, yj, cfg.eta, cfg.rho, steps, raw, cfg.seed, flax_model)
     try:
         while True:
             t, tree = next(gen)
-            point = prepare(loss_fn, authors.from_flax_mlp(tree, list(params)))
+            point = prepare(loss_fn, from_flax(tree, params))
             exact[t] = sharpness(
                 point.op, tol=cfg.lanczos_tol, max_iter=cfg.lanczos_max_iter, seed=cfg.seed + t
             ).op_norm
@@ -222,12 +277,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--authors-dir", default=os.environ.get(authors.AUTHORS_ENV), help="a clone of " + authors.AUTHORS_URL
     )
     ap.add_argument("--rhos", type=float, nargs="+", default=None, help="default: the preset's")
-    ap.add_argument("--compare-every", type=int, default=COMPARE_EVERY, help="steps between compared measurements")
+    ap.add_argument("--task", choices=TASKS, default="mnist", help="the experiment (default mnist)")
+    ap.add_argument(
+        "--compare-every", type=int, default=None, help=f"steps between compared measurements (default {COMPARE_EVERY})"
+    )
     ap.add_argument("--steps", type=int, default=None, help="default: the preset's (fewer: a quick check only)")
     ap.add_argument("--results-dir", default=None, help="our runs' results directory (default: the book's, ./results)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help="default: book/data/authors_method_<task>.csv")
     args = ap.parse_args(argv)
+    default_every = COMPARE_EVERY[args.task]
+    args.compare_every = args.compare_every or default_every
+    args.out = args.out or out_path(args.task)
     msg = authors.jax_missing() or authors.authors_missing(args.authors_dir)
     if msg:
         print(msg)
@@ -252,13 +313,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         given["rhos"] = args.rhos
     if args.steps:
         given["steps"] = args.steps
-    params = resolve_params("mnist", "cpu", **given)
+    params = resolve_params(args.task, "cpu", **given)
     if args.compare_every % params["measure_every"]:
         raise SystemExit(
-            f"--compare-every must be a multiple of the mnist cpu preset's measure_every ({params['measure_every']}), "
+            f"--compare-every must be a multiple of the {args.task} cpu preset's measure_every ({params['measure_every']}), "
             f"so that our run measures at every compared step; got {args.compare_every}"
         )
-    runs = planned_runs("mnist", params)
+    runs = planned_runs(args.task, params)
     steps = compare_steps(params["steps"], args.compare_every)
     start, start_cpu = time.perf_counter(), time.process_time()
     rows: List[dict] = []
@@ -287,8 +348,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     side = dict(
         command="PYTHONPATH=src:$HOME/jax-site OMP_NUM_THREADS=1 python benchmarks/authors_method.py --authors-dir DIR"
+        + (f" --task {args.task}" if args.task != "mnist" else "")
         + (f" --rhos {' '.join(f'{x:g}' for x in args.rhos)}" if args.rhos else "")
-        + (f" --compare-every {args.compare_every}" if args.compare_every != COMPARE_EVERY else "")
+        + (f" --compare-every {args.compare_every}" if args.compare_every != default_every else "")
         + (f" --steps {args.steps}" if args.steps else ""),
         get_authors=f"git clone {authors.AUTHORS_URL} DIR",
         samedge_commit=_git("rev-parse", "HEAD"),
@@ -301,10 +363,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         seconds=seconds,
         cpu_seconds=cpu_seconds,  # this process's CPU time: what a shared machine distorts least
         threads=f"torch 1 thread; {threads}",
-        config={
-            k: params.get(k)
-            for k in ("preset", "n_train", "width", "depth", "eta", "rhos", "steps", "measure_every", "measure_pairs")
-        },
+        config={k: params.get(k) for k in CONFIG_KEYS[args.task]},
         seed=0,
         compare_every=args.compare_every,
         compared_steps=steps,

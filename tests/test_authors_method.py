@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from samedge import plots
+from samedge.analysis import AUTHORS_FACTS
 from samedge.edge import edge, rule_of
 from samedge.losses import module_loss, parameters_of, squared_loss
-from samedge.models import MLP
+from samedge.models import CNN, MLP
 from samedge.presets import resolve_params
 from samedge.sam import sam_step
 
@@ -35,21 +36,25 @@ import authors  # noqa: E402
 import authors_method  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-CSV = ROOT / "book" / "data" / "authors_method_mnist.csv"
+TASKS = authors_method.TASKS
+CHAPTERS = {"mnist": ROOT / "book" / "mnist.ipynb", "cifar10": ROOT / "book" / "cifar10.ipynb"}
 
 
-def _results():
-    return pd.read_csv(CSV), json.loads(CSV.with_suffix(".json").read_text())
+def _results(task):
+    csv = authors_method.out_path(task)
+    return pd.read_csv(csv), json.loads(csv.with_suffix(".json").read_text())
 
 
-def test_results_file_covers_the_cpu_configuration_and_agrees_with_our_edge():
+@pytest.mark.parametrize("task", TASKS)
+def test_results_file_covers_the_cpu_configuration_and_agrees_with_our_edge(task):
     """Every rho of the cpu preset at every compared step, measured on the preset's own schedule
     (so "ours" is the book's seed-0 run); their SAM-edge is ours from their ||g||."""
-    df, meta = _results()
-    cpu = resolve_params("mnist", "cpu", device="cpu")
+    df, meta = _results(task)
+    cpu = resolve_params(task, "cpu", device="cpu")
     assert list(df.columns) == authors_method.COLUMNS
-    for k in ("n_train", "width", "depth", "eta", "steps", "measure_every", "measure_pairs"):
+    for k in authors_method.CONFIG_KEYS[task]:
         assert meta["config"].get(k) == cpu.get(k), k
+    assert meta["compare_every"] % cpu["measure_every"] == 0
     assert sorted(df["rho"].unique()) == sorted(cpu["rhos"])
     steps = authors_method.compare_steps(cpu["steps"], meta["compare_every"])
     for rho, g in df.groupby("rho"):
@@ -96,13 +101,23 @@ def _run_section(code: str, where: Path, monkeypatch, tmp_path) -> tuple:
     return glued, shown
 
 
-def test_mnist_section_reads_the_results_file(monkeypatch, tmp_path):
+@pytest.mark.parametrize("task", TASKS)
+def test_section_reads_the_results_file(task, monkeypatch, tmp_path):
     """The section glues every name its text uses; its table holds the second-half medians per rho."""
-    code, text = _section(ROOT / "book" / "mnist.ipynb")
+    code, text = _section(CHAPTERS[task])
     glued, shown = _run_section(code, ROOT / "book", monkeypatch, tmp_path)
     used = set(re.findall(r"\{glue:(?:text|md)\}`([^`]+)`", text)) | set(re.findall(r"```\{glue:figure\} (\S+)", text))
-    assert {u for u in used if u.startswith("mnist-authors")} <= set(glued)
-    df, meta = _results()
+    mine = {u for u in used if u.startswith(f"{task}-authors")}
+    assert mine and mine <= set(glued)
+    assert (
+        tuple(
+            k.removeprefix(f"{task}-authors-")
+            for k in glued
+            if k not in (f"{task}-authors-ratio", f"{task}-authors-command")
+        )
+        == AUTHORS_FACTS
+    )
+    df, meta = _results(task)
     table = shown[0]
     half = df[df["step"] >= meta["config"]["steps"] / 2]
     for rho, row in zip(sorted(df["rho"].unique()), table.itertuples()):
@@ -110,17 +125,19 @@ def test_mnist_section_reads_the_results_file(monkeypatch, tmp_path):
         assert row.run == ("GD" if rho == 0 else f"SAM rho={rho:g}")
         assert math.isclose(table.loc[row.Index, "theirs: estimate / edge"], float(np.median(h["their_ratio"])))
         assert math.isclose(table.loc[row.Index, "ours, same steps"], float(np.median(h["our_ratio"])))
-    assert glued["mnist-authors-every"] == str(meta["compare_every"])
+    assert glued[f"{task}-authors-every"] == str(meta["compare_every"])
+    assert (f" --task {task}" in meta["command"]) == (task != "mnist")
 
 
-def test_mnist_section_without_the_file_says_how_to_make_it(monkeypatch, tmp_path):
+@pytest.mark.parametrize("task", TASKS)
+def test_section_without_the_file_says_how_to_make_it(task, monkeypatch, tmp_path):
     """Where the file is absent the section shows the command and glues every name still."""
-    code, text = _section(ROOT / "book" / "mnist.ipynb")
+    code, text = _section(CHAPTERS[task])
     glued, shown = _run_section(code, tmp_path, monkeypatch, tmp_path)
     assert "git clone https://github.com/google-deepmind/sam_edge" in shown[0].data
-    assert "benchmarks/authors_method.py" in shown[0].data
-    used = set(re.findall(r"\{glue:(?:text|md)\}`(mnist-authors[^`]+)`", text))
-    assert used <= set(glued)
+    assert "benchmarks/authors_method.py" in shown[0].data and f"authors_method_{task}.csv" in shown[0].data
+    used = set(re.findall(r"\{glue:(?:text|md)\}`(" + task + r"-authors[^`]+)`", text))
+    assert used and used <= set(glued)
 
 
 def _tiny():
@@ -154,6 +171,32 @@ def test_our_weights_in_their_layout_give_our_loss():
     assert math.isclose(float(theirs), float(ours), rel_tol=1e-6)
     back = authors.from_flax_mlp(tree, list(params))
     assert all(torch.equal(back[k], params[k].detach()) for k in params)
+
+
+@pytest.mark.skipif(authors.jax_missing() is not None, reason="jax is not installed")
+def test_our_cnn_weights_in_their_layout_give_our_logits():
+    """to_flax_cnn: their FlaxCNN on our images in NHWC gives our CNN's logits (2 blocks of 2 layers,
+    non-trivial LayerNorm parameters); from_flax_cnn inverts it exactly."""
+    import jax.numpy as jnp
+
+    torch.manual_seed(0)
+    model = CNN(in_channels=3, image_size=8, num_blocks=2, layers_per_block=2, base_channels=3, num_classes=5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.add_(0.3 * torch.randn_like(m.weight))
+                m.bias.add_(0.3 * torch.randn_like(m.bias))
+    params = {k: v.detach() for k, v in parameters_of(model).items()}
+    flax = authors.FlaxCNN(2, 2)
+    tree = authors.to_flax_cnn(params, flax)
+    assert sorted(tree["params"]) == sorted([n for pair in flax.names() for n in pair] + ["dense_def"])
+    assert tree["params"]["conv_defs_1_0"]["kernel"].shape == (3, 3, 3, 6)  # HWIO
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    theirs = np.asarray(flax.apply(tree, jnp.asarray(x.permute(0, 2, 3, 1).numpy())))
+    ours = model(x).detach().numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+    back = authors.from_flax_cnn(tree, params, flax)
+    assert all(torch.equal(back[k], params[k]) for k in params)
 
 
 @pytest.mark.skipif(

@@ -799,3 +799,100 @@ def drift_sentence(drift: pd.DataFrame) -> str:
         + "."
     )
     return "; ".join(parts) + ". " + verdict
+
+
+# --- The authors' method beside ours (benchmarks/authors_method.py's committed results) ---
+
+AUTHORS_FILE = "authors_method_{task}.csv"
+AUTHORS_COMMAND = (
+    "PYTHONPATH=src:$HOME/jax-site OMP_NUM_THREADS=1 python benchmarks/authors_method.py --authors-dir DIR"
+)
+AUTHORS_FACTS = (
+    "commit",
+    "seed",
+    "n_train",
+    "every",
+    "n-half",
+    "step0",
+    "err-min",
+    "err-max",
+    "err-median",
+    "last-loss-diff",
+    "minutes",
+    "cpu-minutes",
+    "jax",
+    "date",
+)
+
+
+def authors_method_command(task: str) -> str:
+    """The command that regenerates ``task``'s results file (from the repository root)."""
+    return AUTHORS_COMMAND + ("" if task == "mnist" else f" --task {task}")
+
+
+def authors_method_missing(task: str) -> str:
+    """What a chapter says where ``task``'s results file is absent: how to make it."""
+    return (
+        f"The results file `book/data/{AUTHORS_FILE.format(task=task)}` is absent. To make it: `git clone "
+        "https://github.com/google-deepmind/sam_edge DIR`, install JAX apart (`pip install --target ~/jax-site "
+        f"--no-deps jax jaxlib ml_dtypes opt_einsum`) and run `{authors_method_command(task)}` from the repository root."
+    )
+
+
+def load_authors_method(task: str, where: Sequence[str] = ("data", "book/data")) -> Optional[tuple]:
+    """(results, sidecar dict) of ``benchmarks/authors_method.py --task <task>``, read from the first
+    of ``where`` (relative to the working directory) that holds the file; None if none does."""
+    import json
+    from pathlib import Path
+
+    for d in where:
+        path = Path(d) / AUTHORS_FILE.format(task=task)
+        if path.is_file():
+            return pd.read_csv(path), json.loads(path.with_suffix(".json").read_text())
+    return None
+
+
+def authors_method_table(results: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Per rho, medians over the second half of the compared steps: their estimate over their edge,
+    our exact ||H||_op at their weights over it, our run at the same steps and over all its
+    measurements, and the estimator's error (over every compared step)."""
+    steps = meta["config"]["steps"]
+    half = results[results["step"] >= steps / 2]  # as samedge.record.second_half
+    ours_every = {c["rho"]: c["our_median_ratio_all_measurements"] for c in meta["checks"]}
+    return pd.DataFrame(
+        [
+            {
+                "run": "GD" if rho == 0 else f"SAM rho={rho:g}",
+                "theirs: estimate / edge": g["their_ratio"].median(),
+                "exact ||H|| at their weights / edge": g["exact_ratio"].median(),
+                "ours, same steps": g["our_ratio"].median(),
+                "ours, every measurement": ours_every[rho],
+                "estimator error (median)": results.loc[results["rho"] == rho, "estimator_error"].median(),
+            }
+            for rho, g in half.groupby("rho")
+        ]
+    )
+
+
+def authors_method_facts(results: pd.DataFrame, meta: dict) -> dict:
+    """The numbers a chapter's text quotes about the comparison, formatted, by glue name suffix."""
+    steps = meta["config"]["steps"]
+    err = results["estimator_error"]
+    last = results[results["step"] == results["step"].max()]
+    facts = {
+        "commit": meta["authors_commit"][:7],
+        "seed": str(meta["seed"]),
+        "n_train": f"{meta['config']['n_train']:,}",
+        "every": str(meta["compare_every"]),
+        "n-half": str(results.loc[results["step"] >= steps / 2, "step"].nunique()),
+        "step0": f"{max(c['step0_loss_rel_diff'] for c in meta['checks']):.1g}",
+        "err-min": f"{err.min():+.2%}",
+        "err-max": f"{err.max():+.2%}",
+        "err-median": f"{err.median():+.2%}",
+        "last-loss-diff": f"{(last['their_loss'] / last['our_loss'] - 1).abs().max():.1%}",
+        "minutes": f"{meta['seconds'] / 60:.0f}",
+        "cpu-minutes": f"{meta['cpu_seconds'] / 60:.0f}",
+        "jax": meta["jax_version"],
+        "date": meta["date"][:10],
+    }
+    return facts

@@ -446,3 +446,25 @@ def plot_accounts_vs_rho(runs: pd.DataFrame) -> Figure:
         ax.grid(alpha=0.3)
         shared_legend(fig, [ax], ncols=3)
     return fig
+
+
+def plot_authors_method(results: pd.DataFrame, meta: dict) -> Figure:
+    """One panel per rho of ``benchmarks/authors_method.py``'s results: their estimate over their
+    edge (their trajectory), our exact ||H||_op at their weights over the same edge, our run's ratio."""
+    steps = meta["config"]["steps"]
+    with book_style():
+        fig, axes, free = panel_grid(results["rho"].nunique(), sharex=True)
+        for ax, (rho, g) in zip(axes, results.groupby("rho")):
+            ax.plot(g["step"], g["their_ratio"], "o-", ms=3, color="C3", label="theirs: their estimate / edge")
+            ax.plot(
+                g["step"], g["exact_ratio"], "x:", ms=4, color="k", label="exact $\\|H\\|_{op}$ at their weights / edge"
+            )
+            ax.plot(g["step"], g["our_ratio"], "s-", ms=3, color="C0", label="ours: our run / edge")
+            ax.axhline(1, color="k", ls="--", lw=1)
+            ax.axvspan(steps / 2, steps, color="0.9", zorder=-1)
+            ax.set_title("GD" if rho == 0 else f"SAM $\\rho$ = {rho:g}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("$\\|H\\|_{op}$ / edge")
+            ax.grid(alpha=0.3)
+        shared_legend(fig, axes, free)
+    return fig
