@@ -44,6 +44,27 @@ def test_schedules():
         cfg(measure_pairs=1)
 
 
+def test_schedule_from_a_step():
+    """measure_from: step 0 (and its pair), then the schedule from measure_from on, and the last;
+    the accounts only on measured steps."""
+    assert cfg(measure_from=6).measured_steps() == [0, 8, 12]
+    assert cfg(measure_from=8, measure_pairs=True).measured_steps() == [0, 1, 8, 9, 12]
+    assert cfg(measure_from=12).measured_steps() == [0, 12]
+    assert cfg(steps=24, measure_from=16, accounts_every=4, measure_pairs=True).account_steps() == [16, 17, 20, 21]
+    for bad in (-1, 13, 2.0, True):
+        with pytest.raises(ConfigError, match="measure_from must be an integer from 0 to steps"):
+            cfg(measure_from=bad)
+
+
+@needs_mnist
+def test_loop_measures_from_a_step(tmp_path):
+    """The loop measures the measure_from schedule, and check_record accepts it on reload."""
+    c = cfg(measure_from=8, measure_pairs=True)
+    rec = run(c, tmp_path / "run", progress=False)
+    assert rec.frame["step"].tolist() == [0, 1, 8, 9, 12]
+    assert RunRecord.load(tmp_path / "run").frame.equals(rec.frame)
+
+
 @pytest.fixture(scope="module")
 def paired(tmp_path_factory):
     d = tmp_path_factory.mktemp("pairs") / "run"

@@ -76,6 +76,9 @@ class RunConfig:
     # In the second half (t >= steps/2), every accounts_every steps (a multiple of measure_every; with
     # measure_pairs also at t + 1): the SAM map's accounts of the ratio (``samedge.sam_map_accounts``).
     accounts_every: Optional[int] = None
+    # Before this step only step 0 is measured (with measure_pairs, 0 and 1): for runs read only by
+    # their start and their second half (the grid), the first half's measurements cost and tell nothing.
+    measure_from: int = 0
     checkpoint_every: Optional[int] = None  # steps between checkpoints; None: ~20 per run
     allow_tf32: bool = False  # CUDA only: let matmuls and convolutions use TF32 (~1e-3 relative error)
 
@@ -86,6 +89,14 @@ class RunConfig:
         _positive_int("measure_every", self.measure_every)
         if self.measure_every > self.steps:
             raise ConfigError(f"measure_every must be <= steps ({self.steps}), got {self.measure_every}")
+        if (
+            isinstance(self.measure_from, bool)
+            or not isinstance(self.measure_from, int)
+            or not (0 <= self.measure_from <= self.steps)
+        ):
+            raise ConfigError(
+                f"measure_from must be an integer from 0 to steps ({self.steps}), got {self.measure_from!r}"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.batch_size is not None:
@@ -136,21 +147,26 @@ class RunConfig:
         return getattr(torch, self.dtype)
 
     def measured_steps(self) -> List[int]:
-        """The steps measured by a run that does not diverge: every measure_every steps from 0 and
-        the last, and with ``measure_pairs`` also the step after each of them (up to ``steps``)."""
-        base = [t for t in range(self.steps + 1) if t % self.measure_every == 0 or t == self.steps]
+        """The steps measured by a run that does not diverge: step 0, every measure_every steps from
+        ``measure_from`` on and the last, and with ``measure_pairs`` also the step after each of them
+        (up to ``steps``)."""
+        base = [
+            t
+            for t in range(self.steps + 1)
+            if t == 0 or t == self.steps or (t % self.measure_every == 0 and t >= self.measure_from)
+        ]
         if not self.measure_pairs:
             return base
         return sorted(set(base) | {t + 1 for t in base if t < self.steps})
 
     def account_steps(self) -> List[int]:
-        """The measured steps that also carry the SAM map's accounts: t >= steps/2 with t a
-        multiple of ``accounts_every`` (with ``measure_pairs``: t < steps, and t + 1 too, so that
+        """The measured steps that also carry the SAM map's accounts: t >= steps/2 (and
+        ``measure_from``) with t a multiple of ``accounts_every`` (with ``measure_pairs``: t < steps, and t + 1 too, so that
         every account has both phases); none without it."""
         if self.accounts_every is None:
             return []
         last = self.steps - 1 if self.measure_pairs else self.steps
-        base = [t for t in range(0, last + 1, self.accounts_every) if 2 * t >= self.steps]
+        base = [t for t in range(0, last + 1, self.accounts_every) if 2 * t >= self.steps and t >= self.measure_from]
         if not self.measure_pairs:
             return base
         return sorted(set(base) | {t + 1 for t in base if t < self.steps})
