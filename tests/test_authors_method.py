@@ -124,7 +124,7 @@ def test_section_reads_the_results_file(task, monkeypatch, tmp_path):
         h = half[half["rho"] == rho]
         assert row.run == ("GD" if rho == 0 else f"SAM rho={rho:g}")
         assert math.isclose(table.loc[row.Index, "theirs: estimate / edge"], float(np.median(h["their_ratio"])))
-        assert math.isclose(table.loc[row.Index, "ours, same steps"], float(np.median(h["our_ratio"])))
+        assert math.isclose(table.loc[row.Index, "ours / edge, same steps"], float(np.median(h["our_ratio"])))
     assert glued[f"{task}-authors-every"] == str(meta["compare_every"])
     assert (f" --task {task}" in meta["command"]) == (task != "mnist")
 

@@ -49,7 +49,10 @@ def test_deviation_table_reads_the_presets():
             name, "steps", "authors"
         )
         assert cell(name, "steps", "this book") == f"{cpu['steps']:,}"
-        assert cell(name, "schedule", "this book") == f"every {cpu['measure_every']} steps"
+        every = f"every {cpu['measure_every']} steps"  # paired presets measure t and t + 1
+        assert cell(name, "schedule", "this book") == (
+            f"steps t and t + 1 {every}" if cpu.get("measure_pairs") else every
+        )
         assert cell(name, "rho (SAM)", "this book") == ", ".join(f"{r:g}" for r in cpu["rhos"] if r > 0)
         assert cell(name, "measurement", "differs")
     assert cell("MNIST", "data", "authors") == "first 60,000 training images"
@@ -155,3 +158,12 @@ def test_table_styler_one_rounding_rule_per_quantity():
     assert "white-space: nowrap" in out
     seeds = table_styler(pd.DataFrame({"run": ["GD"], "seed 0": [2.66], "seed 1": [84.9]})).to_html()
     assert ">2.6600<" in seeds and ">84.9000<" in seeds  # per_seed_ratios' columns are ratios
+    # analysis.phase_table's columns: settings as given, whole counts as integers, the phase gap a ratio.
+    from samedge.analysis import PAIRS, PHASE_GAP
+
+    ph = pd.DataFrame({"rho": [0.05, 0.0], "eta": [0.1, 0.015], PAIRS: [5.0, 4.5], PHASE_GAP: [-0.01946, 0.1]})
+    out = table_styler(ph).to_html()
+    for cell in (">0.05<", ">0<", ">0.1<", ">0.015<", ">5<", ">4.500<", ">-0.0195<", ">0.1000<"):
+        assert cell in out, cell
+    edge = table_styler(pd.DataFrame({"theirs: estimate / edge": [1.007, 0.95941]})).to_html()
+    assert ">1.0070<" in edge and ">0.9594<" in edge  # a quantity over an edge is a ratio

@@ -865,8 +865,8 @@ def authors_method_table(results: pd.DataFrame, meta: dict) -> pd.DataFrame:
                 "run": "GD" if rho == 0 else f"SAM rho={rho:g}",
                 "theirs: estimate / edge": g["their_ratio"].median(),
                 "exact ||H|| at their weights / edge": g["exact_ratio"].median(),
-                "ours, same steps": g["our_ratio"].median(),
-                "ours, every measurement": ours_every[rho],
+                "ours / edge, same steps": g["our_ratio"].median(),
+                "ours / edge, every measurement": ours_every[rho],
                 "estimator error (median)": results.loc[results["rho"] == rho, "estimator_error"].median(),
             }
             for rho, g in half.groupby("rho")

@@ -22,6 +22,8 @@ from .analysis import (
     MEDIAN_EDGE,
     MEDIAN_H,
     MEDIAN_RATIO,
+    PAIRS,
+    PHASE_GAP,
     RATIO_MAX,
     RATIO_MIN,
     SEEDS_IN_BAND,
@@ -280,7 +282,12 @@ def deviation_table(tasks: Sequence[str] = EXPERIMENTS, ours: str = "cpu", their
             ),
             "schedule": (
                 f"every so many hours of wall-clock time ({theirs} preset: every {a['measure_every']} steps)",
-                f"every {b['measure_every']} steps",
+                (
+                    f"steps t and t + 1 every {b['measure_every']} steps"
+                    if b.get("measure_pairs")
+                    else f"every {b['measure_every']} steps"
+                )
+                + (f" from step {b['measure_from']} (and step 0)" if b.get("measure_from") else ""),
             ),
             "seeds": (
                 f"from the clock ({theirs} preset: {', '.join(map(str, a['seeds']))})",
@@ -330,8 +337,33 @@ def _significant(v: float, digits: int = 4) -> str:
 
 def _is_ratio(column: object) -> bool:
     """Whether a column holds a ratio of sharpness to an edge (shown with 4 decimals): its name says
-    "ratio", or it is a "seed N" column of ``analysis.per_seed_ratios``."""
-    return "ratio" in str(column).lower() or re.fullmatch(r"seed \d+", str(column)) is not None
+    "ratio" or "/ edge", it is a difference of ratios (``PHASE_GAP``) or a "seed N" column of
+    ``analysis.per_seed_ratios``."""
+    name = str(column)
+    return (
+        "ratio" in name.lower()
+        or "/ edge" in name
+        or column == PHASE_GAP
+        or re.fullmatch(r"seed \d+", name) is not None
+    )
+
+
+# Columns that hold a run's settings (shown as given: 0.05, not 0.05000) and counts (means over seeds
+# of a count are whole numbers when every seed has the same count: shown as integers).
+SETTING_COLUMNS = ("rho", "eta")
+COUNT_COLUMNS = ("seeds", PAIRS)
+
+
+def _setting(v: object) -> str:
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+        return f"{v:g}" if np.isfinite(v) else "–"
+    return _cell(v)
+
+
+def _count(v: object) -> str:
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+        return f"{int(v):d}"
+    return _cell(v)
 
 
 def _span(low: float, high: float, fmt: str) -> str:
@@ -372,6 +404,10 @@ def table_styler(
     for c in cols:
         if c in text:
             styler = styler.format(lambda v: _words(_cell(v)), subset=[c])
+        elif c in SETTING_COLUMNS:
+            styler = styler.format(_setting, subset=[c])
+        elif c in COUNT_COLUMNS:
+            styler = styler.format(_count, subset=[c])
         else:
             styler = styler.format(functools.partial(_cell, ratio=_is_ratio(c)), subset=[c])
     return (
