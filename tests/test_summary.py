@@ -167,3 +167,5 @@ def test_table_styler_one_rounding_rule_per_quantity():
         assert cell in out, cell
     edge = table_styler(pd.DataFrame({"theirs: estimate / edge": [1.007, 0.95941]})).to_html()
     assert ">1.0070<" in edge and ">0.9594<" in edge  # a quantity over an edge is a ratio
+    drift = table_styler(pd.DataFrame({"rho=0.1": [1.123], "drift": [0.05229], "drift seed min": [0.1]})).to_html()
+    assert ">1.1230<" in drift and ">0.0523<" in drift and ">0.1000<" in drift  # drift_table's columns

@@ -337,14 +337,15 @@ def _significant(v: float, digits: int = 4) -> str:
 
 def _is_ratio(column: object) -> bool:
     """Whether a column holds a ratio of sharpness to an edge (shown with 4 decimals): its name says
-    "ratio" or "/ edge", it is a difference of ratios (``PHASE_GAP``) or a "seed N" column of
-    ``analysis.per_seed_ratios``."""
+    "ratio" or "/ edge", it is a difference of ratios (``PHASE_GAP``), a "seed N" column of
+    ``analysis.per_seed_ratios`` or a "rho=..." or "drift" column of ``analysis.drift_table``."""
     name = str(column)
     return (
         "ratio" in name.lower()
         or "/ edge" in name
         or column == PHASE_GAP
         or re.fullmatch(r"seed \d+", name) is not None
+        or re.match(r"(rho=|drift\b)", name) is not None  # analysis.drift_table: accounts on the ratio's scale
     )
 
 
