@@ -170,6 +170,22 @@ def test_growth_as_ratio():
     assert math.isnan(an.growth_as_ratio(pd.Series([-0.1])).iloc[0])
 
 
+def test_amplitude_column_and_sentence():
+    """run_accounts carries each run's median amplitude along u; the sentence gives it per rho and
+    says when every run's oscillation is below the small perturbation (the growths then coincide)."""
+    amp = lambda a: dict(amplitude_u=[np.nan, np.nan, a, 3 * a, np.nan])  # noqa: E731
+    runs = an.run_accounts(
+        [_rec(0.0, 0, [1, 1, 1.0, 1.0, 1.0], extra=amp(1e-2)), _rec(0.1, 0, [1, 1, 1.0, 1.0, 1.0], extra=amp(1e-4))]
+    )
+    per_run = runs.drop_duplicates(["rho"]).set_index("rho")[an.AMPLITUDE]
+    assert per_run[0.0] == pytest.approx(2e-2) and per_run[0.1] == pytest.approx(2e-4)  # medians of (a, 3a)
+    text = an.amplitude_sentence(runs, eps=1e-3)
+    assert "rho=0: 2.0e-02" in text and "rho=0.1: 2.0e-04" in text
+    assert "at rho=0.1 every run's oscillation along u is smaller" in text and "at rho=0," not in text
+    assert "different sizes" in an.amplitude_sentence(runs, eps=1e-5)
+    assert "no amplitude" in an.amplitude_sentence(an.run_accounts([_rec(0.0, 0, [1, 1, 1.0, 1.0, 1.0])]))
+
+
 def test_accounts_and_drift_by_hand():
     extra = lambda mu, g, ga, asc: dict(  # noqa: E731
         sam_map_mu=[np.nan, np.nan, mu, mu, np.nan],

@@ -9,6 +9,7 @@ import pandas as pd
 from .columns import (
     ALIGN_GRAD,
     ALIGN_SAM_GRAD,
+    AMPLITUDE_U,
     ASCENT_OP_NORM,
     EDGE,
     GRAD_NORM,
@@ -24,6 +25,7 @@ from .columns import (
 from .edge import aligned_sam_edge
 from .monitor_record import MonitorRecord
 from .record import RunRecord, second_half
+from .sam_map import GROWTH_EPS
 
 __all__ = [
     "AnyRecord",
@@ -84,6 +86,8 @@ __all__ = [
     "accounts_table",
     "drift_table",
     "drift_sentence",
+    "AMPLITUDE",
+    "amplitude_sentence",
     "EDGE_NAMES",
     "LOSS_NOTE",
     "RULE",
@@ -706,12 +710,17 @@ def account_frame(rec: AnyRecord) -> pd.DataFrame:
     return out
 
 
+AMPLITUDE = "amplitude along u (median)"
+
+
 def run_accounts(records: Sequence[AnyRecord]) -> pd.DataFrame:
     """One row per run (eta, rho, seed) and account: the median over the second half of its pair
-    means (the phase-free value), and its even- and odd-step medians."""
+    means (the phase-free value), and its even- and odd-step medians; ``AMPLITUDE``, the run's
+    median half-step along u on its account steps (NaN without them), on each of its rows."""
     rows = []
     for r in records:
         acc = account_frame(r)
+        amp = r.frame[AMPLITUDE_U].astype(float).median() if AMPLITUDE_U in r.frame else float("nan")
         for name in ACCOUNTS:
             ph = phase_medians(r, acc[name])
             rows.append(
@@ -724,11 +733,37 @@ def run_accounts(records: Sequence[AnyRecord]) -> pd.DataFrame:
                     "even": ph[PHASE_EVEN],
                     "odd": ph[PHASE_ODD],
                     PAIRS: ph[PAIRS],
+                    AMPLITUDE: float(amp),
                 }
             )
     if not rows:
         raise ValueError("records is empty; give at least one RunRecord")
     return pd.DataFrame(rows)
+
+
+def amplitude_sentence(runs: pd.DataFrame, eps: float = GROWTH_EPS) -> str:
+    """The size of the oscillation along u per rho (``run_accounts``' ``AMPLITUDE``, mean over the
+    runs), in words, and what it means for the two-step growth accounts: below ``eps`` (the small
+    perturbation) "at amplitude" is measured at ``eps``, so the two accounts coincide."""
+    if AMPLITUDE not in runs or runs[AMPLITUDE].isna().all():
+        return "These runs carry no SAM map accounts, so no amplitude of the oscillation along u was measured."
+    amp = runs.drop_duplicates(["eta", "rho", "seed"]).groupby("rho")[AMPLITUDE].agg(["mean", "min", "max"])
+    parts = [
+        f"rho={rho:g}: {a['mean']:.1e} ({a['min']:.1e} to {a['max']:.1e} over the runs)" for rho, a in amp.iterrows()
+    ]
+    below = [f"{rho:g}" for rho, a in amp.iterrows() if a["max"] < eps]
+    text = (
+        "The half-step of the period-two oscillation along u, the median over each run's account steps, is "
+        + "; ".join(parts)
+        + f". The two-step growth's small perturbation is {eps:g}"
+    )
+    if below:
+        return (
+            text + f": at rho={', '.join(below)} every run's oscillation along u is smaller than that, so there is "
+            "no oscillation along u to measure at its own size, the growth at amplitude is the small-perturbation "
+            "growth, and a growth below 1 says that SAM contracts along u."
+        )
+    return text + ", below every run's oscillation: the two growths measure at different sizes."
 
 
 def accounts_table(records: Sequence[AnyRecord]) -> pd.DataFrame:
