@@ -180,7 +180,7 @@ def test_amplitude_column_and_sentence():
     per_run = runs.drop_duplicates(["rho"]).set_index("rho")[an.AMPLITUDE]
     assert per_run[0.0] == pytest.approx(2e-2) and per_run[0.1] == pytest.approx(2e-4)  # medians of (a, 3a)
     text = an.amplitude_sentence(runs, eps=1e-3)
-    assert "rho=0: 2.0e-02" in text and "rho=0.1: 2.0e-04" in text
+    assert "rho=0: 2.0e-02;" in text and "rho=0.1: 2.0e-04." in text  # one run per rho: no range
     assert "at rho=0.1 every run's oscillation along u is smaller" in text and "at rho=0," not in text
     assert "different sizes" in an.amplitude_sentence(runs, eps=1e-5)
     assert "no amplitude" in an.amplitude_sentence(an.run_accounts([_rec(0.0, 0, [1, 1, 1.0, 1.0, 1.0])]))

@@ -749,7 +749,9 @@ def amplitude_sentence(runs: pd.DataFrame, eps: float = GROWTH_EPS) -> str:
         return "These runs carry no SAM map accounts, so no amplitude of the oscillation along u was measured."
     amp = runs.drop_duplicates(["eta", "rho", "seed"]).groupby("rho")[AMPLITUDE].agg(["mean", "min", "max"])
     parts = [
-        f"rho={rho:g}: {a['mean']:.1e} ({a['min']:.1e} to {a['max']:.1e} over the runs)" for rho, a in amp.iterrows()
+        f"rho={rho:g}: {a['mean']:.1e}"
+        + ("" if f"{a['min']:.1e}" == f"{a['max']:.1e}" else f" ({a['min']:.1e} to {a['max']:.1e} over the runs)")
+        for rho, a in amp.iterrows()
     ]
     below = [f"{rho:g}" for rho, a in amp.iterrows() if a["max"] < eps]
     text = (
