@@ -101,6 +101,8 @@ def test_run_needs_exactly_one_rho(tmp_path, capsys):
         (["--grid", "eta=0.1", "--seeds", "1", "1"], "seeds lists a seed twice"),
         (["--grid", "eta=0.1", "--slurm-partition", "gpu"], "only apply with --executor slurm"),
         (["--grid", "eta=0.1", "--max-parallel", "0"], "--max-parallel must be a positive integer"),
+        (["--grid", "eta=0.1", "--runs-per-job", "0"], "--runs-per-job must be a positive integer"),
+        (["--grid", "eta=0.1", "--executor", "slurm", "--runs-per-job", "2"], "1 with --executor slurm"),
     ],
 )
 def test_bad_sweeps_are_usage_errors_before_anything_is_written(tmp_path, capsys, extra, match):
@@ -138,6 +140,8 @@ def test_sweep_debug_executor_then_summarize(tmp_path, capsys):
         str(tmp_path),
         "--executor",
         "debug",
+        "--runs-per-job",
+        "2",  # both runs in one job
         "--device",
         "cpu",
         "--quiet",

@@ -117,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
         help="jobs at once (local default: 1 per CPU core; slurm: the array's parallelism)",
     )
     s.add_argument(
+        "--runs-per-job",
+        type=int,
+        default=1,
+        metavar="K",
+        help="local/debug executor: runs each job runs one after the other (default 1; more saves a process "
+        "start per run when runs take seconds)",
+    )
+    s.add_argument(
         "--timeout-min", type=int, default=24 * 60, metavar="MIN", help="local executor: minutes per job (default 1440)"
     )
     s.add_argument("--slurm-partition", default=None)
@@ -247,6 +255,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             slurm = None
         if args.max_parallel is not None and args.max_parallel < 1:
             raise ValueError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
+        if args.runs_per_job < 1 or (args.runs_per_job > 1 and args.executor == "slurm"):
+            raise ValueError(
+                f"--runs-per-job must be a positive integer, and 1 with --executor slurm; got {args.runs_per_job}"
+            )
         grid = parse_grid(args.grid)
         gpus = int((slurm or {}).get("gpus_per_node") or 0)
         device = resolve_device(_device(args, params), here=check_executor(args.executor) != "slurm", gpus=gpus)
@@ -282,6 +294,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             local_gpus(device) if args.executor == "local" else 0,
             progress=not args.quiet,
             poll_s=args.poll,
+            runs_per_job=args.runs_per_job,
         )
     except ValueError as err:  # e.g. SLURM not available here
         return _fail(str(err))
