@@ -60,9 +60,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import authors  # noqa: E402
 
+from samedge.analysis import AUTHORS_FILE, authors_method_command  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("mnist", "cifar10")
-OUT = ROOT / "book" / "data" / "authors_method_mnist.csv"
+OUT = ROOT / "book" / "data" / AUTHORS_FILE.format(task="mnist")
 # Every other pair of each cpu preset's measurements (MNIST pairs at t, t + 1 every 30 steps,
 # CIFAR-10 every 40): steps our run measures, so "ours, same steps" is the book's own run.
 COMPARE_EVERY = {"mnist": 60, "cifar10": 80}
@@ -128,7 +130,7 @@ __all__ = [
 
 def out_path(task: str) -> Path:
     """The results file of ``task``: ``book/data/authors_method_<task>.csv``."""
-    return ROOT / "book" / "data" / f"authors_method_{task}.csv"
+    return ROOT / "book" / "data" / AUTHORS_FILE.format(task=task)
 
 
 def authors_model(cfg) -> tuple:
@@ -347,8 +349,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import importlib.metadata as md
 
     side = dict(
-        command="PYTHONPATH=src:$HOME/jax-site OMP_NUM_THREADS=1 python benchmarks/authors_method.py --authors-dir DIR"
-        + (f" --task {args.task}" if args.task != "mnist" else "")
+        command=authors_method_command(args.task)
         + (f" --rhos {' '.join(f'{x:g}' for x in args.rhos)}" if args.rhos else "")
         + (f" --compare-every {args.compare_every}" if args.compare_every != default_every else "")
         + (f" --steps {args.steps}" if args.steps else ""),

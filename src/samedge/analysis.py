@@ -916,7 +916,7 @@ def authors_method_facts(results: pd.DataFrame, meta: dict) -> dict:
     steps = meta["config"]["steps"]
     err = results["estimator_error"]
     last = results[results["step"] == results["step"].max()]
-    facts = {
+    return {
         "commit": meta["authors_commit"][:7],
         "seed": str(meta["seed"]),
         "n_train": f"{meta['config']['n_train']:,}",
@@ -932,4 +932,3 @@ def authors_method_facts(results: pd.DataFrame, meta: dict) -> dict:
         "jax": meta["jax_version"],
         "date": meta["date"][:10],
     }
-    return facts
